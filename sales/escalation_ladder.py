@@ -100,9 +100,7 @@ def check_acknowledge(state: OpportunityState, cmd: AcknowledgeEscalation) -> No
     if state.clock.level == 0:
         raise CommandRefused("nothing_escalated", f"no escalation has fired in {state.stage} yet")
     if state.clock.acknowledged_by:
-        raise CommandRefused(
-            "already_acknowledged", f"already acknowledged by {state.clock.acknowledged_by}"
-        )
+        raise CommandRefused("already_acknowledged", f"already acknowledged by {state.clock.acknowledged_by}")
 
 
 def check_snooze(state: OpportunityState, cmd: SnoozeEscalation, now: datetime) -> None:
@@ -117,7 +115,9 @@ def check_snooze(state: OpportunityState, cmd: SnoozeEscalation, now: datetime) 
 
 
 def check_pause(state: OpportunityState, cmd: PauseClock, now: datetime) -> None:
-    permissions.require(state, cmd.actor, state.process.rules.clock_roles, "pause the stage clock", "clock_roles")
+    permissions.require(
+        state, cmd.actor, state.process.rules.clock_roles, "pause the stage clock", "clock_roles"
+    )
     _require_open_clock(state)
     if state.clock.paused_since:
         raise CommandRefused("already_paused", f"clock already paused: {state.clock.pause_reason}")
@@ -126,7 +126,9 @@ def check_pause(state: OpportunityState, cmd: PauseClock, now: datetime) -> None
 
 
 def check_resume(state: OpportunityState, cmd: ResumeClock) -> None:
-    permissions.require(state, cmd.actor, state.process.rules.clock_roles, "resume the stage clock", "clock_roles")
+    permissions.require(
+        state, cmd.actor, state.process.rules.clock_roles, "resume the stage clock", "clock_roles"
+    )
     if not state.clock.paused_since:
         raise CommandRefused("not_paused", "the stage clock is running")
 

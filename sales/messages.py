@@ -28,9 +28,7 @@ def _no_nul(value: str) -> str:
 
 
 Text = Annotated[str, Field(max_length=MAX_TEXT), AfterValidator(_no_nul)]
-Identifier = Annotated[
-    str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")
-]
+Identifier = Annotated[str, Field(min_length=1, max_length=120, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]*$")]
 Money = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, decimal_places=2)]
 
 

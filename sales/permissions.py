@@ -54,11 +54,7 @@ def may_override(state: OpportunityState, held: set[str]) -> bool:
 
 def require_field_edit(state: OpportunityState, actor: Actor, names: Iterable[str]) -> None:
     held = standing(state, actor)
-    refused = [
-        name
-        for name in names
-        if not held & set(state.process.field_spec(name).editable_by)
-    ]
+    refused = [name for name in names if not held & set(state.process.field_spec(name).editable_by)]
     if refused:
         raise CommandRefused(
             "field_permissions",

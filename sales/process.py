@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
-from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import yaml
@@ -19,6 +19,7 @@ from sales.durations import ClockDuration, parse_duration
 
 FORECAST_CATEGORIES = ("Pipeline", "Best Case", "Commit", "Closed", "Omitted")
 DEFAULT_PROCESS_NAME = "new-business"
+PROCESS_FOLDER = Path(__file__).parent / "processes"
 
 # Roles known to oppflow; a process may name more cross-functional roles.
 CORE_ROLES = ("rep", "manager", "admin", "automation")
@@ -169,9 +170,7 @@ class StageRules(_Strict):
     clock_roles: list[str] = Field(default_factory=lambda: ["owner", "manager", "admin"])
     escalation_roles: list[str] = Field(default_factory=lambda: ["manager", "admin"])
     team_roles: list[str] = Field(default_factory=lambda: ["owner", "manager", "admin"])
-    default_move_roles: list[str] = Field(
-        default_factory=lambda: ["owner", "manager", "admin", "automation"]
-    )
+    default_move_roles: list[str] = Field(default_factory=lambda: ["owner", "manager", "admin", "automation"])
     reassign_resets_clock: bool = False
     max_automation_chain: int = Field(default=3, ge=1, le=20)
 
@@ -285,10 +284,5 @@ def parse_process_yaml(text: str, source: str = "<process>") -> SalesProcess:
 
 def default_process() -> SalesProcess:
     """Salesforce's standard stage list, shipped as ``sales/processes/new-business.yaml``."""
-    text = resources.files("sales").joinpath("processes/new-business.yaml").read_text()
+    text = (PROCESS_FOLDER / "new-business.yaml").read_text(encoding="utf-8")
     return parse_process_yaml(text, "new-business.yaml")
-
-
-def bundled_process_files() -> list[str]:
-    folder = resources.files("sales").joinpath("processes")
-    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".yaml"))

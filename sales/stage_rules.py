@@ -54,9 +54,7 @@ def missing_handoffs(state: OpportunityState, required: list[str]) -> list[str]:
 def check_field_values(process: SalesProcess, fields: dict[str, Any]) -> None:
     for name, value in fields.items():
         if name in BUILTIN_FIELDS:
-            raise CommandRefused(
-                "field_type", f"set {name} with its own parameter, not inside fields"
-            )
+            raise CommandRefused("field_type", f"set {name} with its own parameter, not inside fields")
         if value is None:
             continue
         _check_value(name, process.field_spec(name), value)
@@ -93,18 +91,14 @@ def _check_value(name: str, spec: FieldSpec, value: Any) -> None:
 def _target(process: SalesProcess, name: str) -> StageDefinition:
     if not process.has_stage(name):
         known = ", ".join(s.name for s in process.stages)
-        raise CommandRefused(
-            "unknown_stage", f"stage {name!r} is not in process {process.name}: {known}"
-        )
+        raise CommandRefused("unknown_stage", f"stage {name!r} is not in process {process.name}: {known}")
     return process.stage(name)
 
 
 def check_change_stage(state: OpportunityState, cmd: ChangeStage) -> None:
     process = state.process
     if state.is_closed:
-        raise CommandRefused(
-            "closed_is_final", f"opportunity is {state.stage}; a manager can reopen it"
-        )
+        raise CommandRefused("closed_is_final", f"opportunity is {state.stage}; a manager can reopen it")
     target = _target(process, cmd.stage)
     if target.name == state.stage:
         raise CommandRefused("same_stage", f"opportunity is already in {state.stage}")
@@ -209,9 +203,7 @@ def check_update_fields(state: OpportunityState, cmd: UpdateFields) -> None:
 def check_reopen(state: OpportunityState, cmd: Reopen) -> None:
     if not state.is_closed:
         raise CommandRefused("not_closed", f"opportunity is open in {state.stage}; nothing to reopen")
-    permissions.require(
-        state, cmd.actor, state.process.rules.reopen_roles, "reopen the deal", "reopen_roles"
-    )
+    permissions.require(state, cmd.actor, state.process.rules.reopen_roles, "reopen the deal", "reopen_roles")
     target = _target(state.process, cmd.stage)
     if target.closed:
         raise CommandRefused("reopen_to_open_stage", f"reopen into an open stage, not {target.name}")

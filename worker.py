@@ -1,0 +1,90 @@
+"""The oppflow worker: runs opportunity, hand-off and notification workflows and their
+activities on the task queue. Start as many as the load needs; they share the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import rejection_log
+from activities.notifications import Notifier
+from activities.persistence import OpportunityStore
+from starter.settings import Settings
+from workflows.handoff import HandoffWorkflow
+from workflows.notification import NotificationWorkflow
+from workflows.opportunity import OpportunityWorkflow
+
+log = logging.getLogger("oppflow.worker")
+
+WORKFLOWS: Sequence[type] = (OpportunityWorkflow, HandoffWorkflow, NotificationWorkflow)
+
+
+def build_worker(
+    client: Client, pool: asyncpg.Pool, settings: Settings, *, task_queue: str | None = None, **options: Any
+) -> Worker:
+    store = OpportunityStore(pool)
+    secrets = [s.strip() for s in (settings.webhook_secret or "").split(",") if s.strip()]
+    notifier = Notifier(pool, settings.webhook_urls, secrets)
+    options.setdefault("max_concurrent_activities", settings.db_pool_max * 2)
+    options.setdefault("max_concurrent_local_activities", settings.db_pool_max * 2)
+    options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=list(WORKFLOWS),
+        activities=[store.persist, store.record_escalation, store.org_chain, notifier.deliver],
+        **options,
+    )
+
+
+async def write_rejections(pool: asyncpg.Pool, interval: float = 0.5) -> None:
+    """Flush refused commands noted by update validators into ``rejected_commands``."""
+    store = OpportunityStore(pool)
+    while True:
+        items = rejection_log.drain()
+        if items:
+            try:
+                await store.write_rejections(items)
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                log.warning("rejected-command audit delayed: %s", exc)
+                rejection_log.requeue(items)
+                await asyncio.sleep(2)
+        await asyncio.sleep(interval)
+
+
+async def run_worker(client: Client, pool: asyncpg.Pool, settings: Settings, **options: Any) -> None:
+    worker = build_worker(client, pool, settings, **options)
+    audit = asyncio.create_task(write_rejections(pool))
+    try:
+        await worker.run()
+    finally:
+        audit.cancel()
+
+
+async def main() -> None:
+    from db.pool import create_pool
+    from starter.connect import connect_temporal
+    from starter.settings import get_settings
+
+    settings = get_settings()
+    client = await connect_temporal(settings)
+    if not settings.database_url:
+        raise SystemExit(
+            "DATABASE_URL is not set: a standalone worker needs the Postgres that oppflow migrated"
+        )
+    pool = await create_pool(settings.database_url, settings.db_pool_min, settings.db_pool_max)
+    try:
+        await run_worker(client, pool, settings)
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
