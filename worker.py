@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 from activities import rejection_log
 from activities.notifications import Notifier
 from activities.persistence import OpportunityStore
+from starter import metrics, observability
 from starter.settings import Settings
 from workflows.handoff import HandoffWorkflow
 from workflows.notification import NotificationWorkflow
@@ -35,6 +36,7 @@ def build_worker(
     options.setdefault("max_concurrent_activities", settings.db_pool_max * 2)
     options.setdefault("max_concurrent_local_activities", settings.db_pool_max * 2)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
+    options.setdefault("interceptors", observability.worker_interceptors())
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
@@ -52,6 +54,7 @@ async def write_rejections(pool: asyncpg.Pool, interval: float = 0.5) -> None:
         if items:
             try:
                 await store.write_rejections(items)
+                metrics.observe_rejections(items)
             except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
                 log.warning("rejected-command audit delayed: %s", exc)
                 rejection_log.requeue(items)
@@ -74,6 +77,7 @@ async def main() -> None:
     from starter.settings import get_settings
 
     settings = get_settings()
+    observability.setup_worker_process(settings.metrics_port)
     client = await connect_temporal(settings)
     if not settings.database_url:
         raise SystemExit(

@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from sales.records import Notification
+from starter import metrics
 
 ACQUIRE_TIMEOUT = 5.0
 
@@ -78,6 +79,7 @@ class Notifier:
                     error = f"{type(exc).__name__}: {exc}"
                 await self._record(notification.webhook_id, endpoint, status, error)
                 (failed if error else delivered).append(endpoint)
+        metrics.observe_webhook_failures(failed)
         if failed:
             # Retried with backoff by the activity's policy; delivered endpoints are skipped.
             raise ApplicationError(f"webhook {notification.webhook_id} failed for {', '.join(failed)}")

@@ -22,6 +22,7 @@ from sales.records import (
     RecordEscalation,
     RejectedCommand,
 )
+from starter import metrics
 
 ACQUIRE_TIMEOUT = 5.0
 
@@ -235,6 +236,7 @@ class OpportunityStore:
                         for h in batch.handoffs
                     ],
                 )
+        metrics.observe_batch(batch)
         _maybe_crash_after_commit()
         return len(batch.changes)
 
@@ -281,6 +283,8 @@ class OpportunityStore:
                     esc.stage_entry_seq,
                     esc.level,
                 )
+        if inserted is not None:
+            metrics.observe_escalation(esc)
         return EscalationRecorded(
             recipient_id=recipient, webhook_id=webhook_id, newly_recorded=inserted is not None
         )

@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from db.urls import sqlalchemy_url
 
@@ -31,6 +32,10 @@ def upgrade(database_url: str) -> None:
             command.upgrade(config, "head")
     finally:
         engine.dispose()
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current_revision(database_url: str) -> str | None:

@@ -21,6 +21,7 @@ from temporalio.service import RPCError
 
 from sales.process import ProcessFileError
 from starter.client import CommandRejected, OpportunityClient, OpportunityNotFound
+from starter.codec_server import command as codec_server_command
 from starter.settings import Settings, get_settings
 
 app = typer.Typer(help="oppflow: sales opportunities as durable workflows.", no_args_is_help=True)
@@ -182,6 +183,9 @@ async def setup_temporal_cmd() -> None:
     namespace = connect_config(settings)["namespace"]
     done = await setup_temporal(client, namespace)
     typer.echo(f"namespace {namespace}: search attributes ready ({', '.join(done)})")
+
+
+app.command("codec-server")(codec_server_command)
 
 
 # -- opportunities ---------------------------------------------------------------------------------
@@ -443,6 +447,11 @@ async def process_list() -> None:
         table.add_row(row["name"], str(row["version"]), str(row["stages"]),
                       f"{row['published_at']:%Y-%m-%d %H:%M}", row["published_by"] or "")
     console.print(table)
+
+
+from starter.cli_import import register as register_import_commands  # noqa: E402
+
+register_import_commands(app)
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
 """One way to reach Temporal: Temporal's own env/TOML conventions, oppflow's data converter."""
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
 
+from starter.codec import data_converter
+from starter.observability import client_interceptors
 from starter.settings import Settings
 
 
@@ -17,4 +18,6 @@ def connect_config(settings: Settings) -> dict:
 
 
 async def connect_temporal(settings: Settings) -> Client:
-    return await Client.connect(**connect_config(settings), data_converter=pydantic_data_converter)
+    return await Client.connect(
+        **connect_config(settings), data_converter=data_converter(), interceptors=client_interceptors()
+    )

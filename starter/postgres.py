@@ -1,11 +1,13 @@
 """The database for the dev stack: DATABASE_URL when set, else an embedded PostgreSQL whose
 data lives under `<data_dir>/postgres` and survives restarts."""
 
+import json
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -31,9 +33,23 @@ def start_embedded_postgres(pgdata: Path, database: str = DATABASE_NAME) -> Data
     The URL it returns uses a unix socket: postgresql://postgres:@/<db>?host=<socket dir>."""
     pgdata = pgdata.expanduser().resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    _forget_dead_handles(pgdata)
     server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
     _ensure_database(server.get_uri(), database)
     return Database(url=server.get_uri(database), embedded=True, stop=server.cleanup)
+
+
+def _forget_dead_handles(pgdata: Path) -> None:
+    """embedded_postgres stops the server only when the last process holding a handle lets go;
+    a process that was killed never lets go, so drop pids that no longer exist."""
+    handles = pgdata / ".handle_pids.json"
+    if not handles.exists():
+        return
+    with embedded_postgres.PostgresServer._lock:
+        pids = json.loads(handles.read_text() or "[]")
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
 
 def _ensure_database(admin_url: str, database: str) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
@@ -70,6 +71,15 @@ with workflow.unsafe.imports_passed_through():
     from workflows.retries import DB_WRITE
 
 CLOSED_LOST_REOPEN_WINDOW = timedelta(days=30)
+CommandT = TypeVar("CommandT", bound=Command)
+
+
+def malformed(exc: ValidationError) -> CommandRefused:
+    problems = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "payload"
+        problems.append(f"{where}: {error['msg']}")
+    return CommandRefused("malformed", "; ".join(problems))
 
 
 def refusal_error(refusal: CommandRefused) -> ApplicationError:
@@ -93,6 +103,9 @@ class OpportunityWorkflow:
         self._handoffs_to_notify: list[Handoff] = []
         self._woken = False
         self._lock = asyncio.Lock()
+        if self._is_new and input.create is not None:
+            # Recorded here, not in run(): updates may be handled before run() starts.
+            self._record_creation(input.create)
 
     @staticmethod
     def _new_state(input: OpportunityInput) -> OpportunityState:
@@ -128,8 +141,6 @@ class OpportunityWorkflow:
 
     @workflow.run
     async def run(self, input: OpportunityInput) -> dict[str, Any]:
-        if self._is_new and input.create is not None:
-            self._record_creation(input.create)
         escalation_ladder.refresh_next_due(self.state)
         while True:
             await self._flush()
@@ -376,6 +387,27 @@ class OpportunityWorkflow:
         )
         return refusal_error(refusal)
 
+    def _parse(self, name: str, model: type[CommandT], raw: Any) -> CommandT:
+        """Read a payload; a malformed one is refused naming the field and the rule."""
+        try:
+            return model.model_validate(raw)
+        except ValidationError as exc:
+            refusal = malformed(exc)
+            rejection_log.push(
+                RejectedCommand(
+                    opportunity_id=self.state.opportunity_id,
+                    request_id=str(raw.get("request_id", ""))[:120] if isinstance(raw, dict) else "",
+                    command=name,
+                    actor_id=None,
+                    actor_role=None,
+                    rule=refusal.rule,
+                    message=refusal.message[:2000],
+                    rejected_at=workflow.now(),
+                    source="validator",
+                )
+            )
+            raise refusal_error(refusal) from None
+
     def _validate(self, name: str, cmd: Command, check: Any) -> None:
         if cmd.request_id in self.state.processed:
             return  # a repeat: accepted, answers what the first one answered
@@ -396,7 +428,8 @@ class OpportunityWorkflow:
     # -- stage and fields --------------------------------------------------------------------
 
     @workflow.update(name="change_stage", description="Move the deal to another stage (closing included).")
-    async def change_stage(self, cmd: ChangeStage) -> CommandResult:
+    async def change_stage(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = ChangeStage.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         self._recheck(lambda: stage_rules.check_change_stage(self.state, cmd))
@@ -412,7 +445,8 @@ class OpportunityWorkflow:
         )
 
     @change_stage.validator
-    def _validate_change_stage(self, cmd: ChangeStage) -> None:
+    def _validate_change_stage(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("change_stage", ChangeStage, raw)
         self._validate("change_stage", cmd, lambda: stage_rules.check_change_stage(self.state, cmd))
 
     def _move(
@@ -458,7 +492,8 @@ class OpportunityWorkflow:
         ]
 
     @workflow.update(name="update_fields", description="Set deal fields, amount, close date or name.")
-    async def update_fields(self, cmd: UpdateFields) -> CommandResult:
+    async def update_fields(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = UpdateFields.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         self._recheck(lambda: stage_rules.check_update_fields(self.state, cmd))
@@ -468,22 +503,26 @@ class OpportunityWorkflow:
         return self.state.remember(self._result(cmd.request_id, f"updated {names}"))
 
     @update_fields.validator
-    def _validate_update_fields(self, cmd: UpdateFields) -> None:
+    def _validate_update_fields(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("update_fields", UpdateFields, raw)
         self._validate("update_fields", cmd, lambda: stage_rules.check_update_fields(self.state, cmd))
 
     @workflow.update(name="reopen", description="Reopen a closed deal into an open stage (managers, admins).")
-    async def reopen(self, cmd: Reopen) -> CommandResult:
+    async def reopen(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = Reopen.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         self._recheck(lambda: stage_rules.check_reopen(self.state, cmd))
         return self._move(cmd.request_id, cmd.actor.id, cmd.stage, cmd.reason, {}, None, None, "reopen")
 
     @reopen.validator
-    def _validate_reopen(self, cmd: Reopen) -> None:
+    def _validate_reopen(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("reopen", Reopen, raw)
         self._validate("reopen", cmd, lambda: stage_rules.check_reopen(self.state, cmd))
 
     @workflow.update(name="migrate_process", description="Admin: pin the deal to another process version.")
-    async def migrate_process(self, cmd: MigrateProcess) -> CommandResult:
+    async def migrate_process(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = MigrateProcess.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         self._recheck(lambda: self._check_migration(cmd))
@@ -520,7 +559,8 @@ class OpportunityWorkflow:
             )
 
     @migrate_process.validator
-    def _validate_migrate_process(self, cmd: MigrateProcess) -> None:
+    def _validate_migrate_process(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("migrate_process", MigrateProcess, raw)
         self._validate("migrate_process", cmd, lambda: self._check_migration(cmd))
 
     # -- ownership and team -------------------------------------------------------------------
@@ -537,7 +577,8 @@ class OpportunityWorkflow:
             raise CommandRefused("same_owner", f"{cmd.owner_id} already owns the deal")
 
     @workflow.update(name="reassign", description="Give the deal to a new owner (managers, admins).")
-    async def reassign(self, cmd: Reassign) -> CommandResult:
+    async def reassign(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = Reassign.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         async with self._lock:
@@ -564,7 +605,8 @@ class OpportunityWorkflow:
             return s.remember(self._result(cmd.request_id, f"reassigned from {previous} to {cmd.owner_id}"))
 
     @reassign.validator
-    def _validate_reassign(self, cmd: Reassign) -> None:
+    def _validate_reassign(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("reassign", Reassign, raw)
         self._validate("reassign", cmd, lambda: self._check_reassign(cmd))
 
     async def _org_chain(self, user_id: str) -> OrgChain:
@@ -585,7 +627,8 @@ class OpportunityWorkflow:
             )
 
     @workflow.update(name="add_team_member", description="Add a person to the deal team with a role.")
-    async def add_team_member(self, cmd: AddTeamMember) -> CommandResult:
+    async def add_team_member(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = AddTeamMember.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         async with self._lock:
@@ -610,7 +653,8 @@ class OpportunityWorkflow:
             return s.remember(self._result(cmd.request_id, f"{cmd.user_id} joined as {cmd.team_role}"))
 
     @add_team_member.validator
-    def _validate_add_member(self, cmd: AddTeamMember) -> None:
+    def _validate_add_member(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("add_team_member", AddTeamMember, raw)
         self._validate("add_team_member", cmd, lambda: self._check_add_member(cmd))
 
     def _check_remove_member(self, cmd: RemoveTeamMember) -> None:
@@ -621,7 +665,8 @@ class OpportunityWorkflow:
             raise CommandRefused("not_on_team", f"{cmd.user_id} is not on the deal team")
 
     @workflow.update(name="remove_team_member", description="Remove a person from the deal team.")
-    async def remove_team_member(self, cmd: RemoveTeamMember) -> CommandResult:
+    async def remove_team_member(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = RemoveTeamMember.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         self._recheck(lambda: self._check_remove_member(cmd))
@@ -630,7 +675,8 @@ class OpportunityWorkflow:
         return self.state.remember(self._result(cmd.request_id, f"{cmd.user_id} left the team"))
 
     @remove_team_member.validator
-    def _validate_remove_member(self, cmd: RemoveTeamMember) -> None:
+    def _validate_remove_member(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("remove_team_member", RemoveTeamMember, raw)
         self._validate("remove_team_member", cmd, lambda: self._check_remove_member(cmd))
 
     # -- escalation ladder ---------------------------------------------------------------------
@@ -638,7 +684,8 @@ class OpportunityWorkflow:
     @workflow.update(
         name="acknowledge_escalation", description="Stop the ladder climbing until the next stage change."
     )
-    async def acknowledge_escalation(self, cmd: AcknowledgeEscalation) -> CommandResult:
+    async def acknowledge_escalation(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = AcknowledgeEscalation.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         self._recheck(lambda: escalation_ladder.check_acknowledge(self.state, cmd))
@@ -657,13 +704,15 @@ class OpportunityWorkflow:
         return s.remember(self._result(cmd.request_id, f"escalation level {s.clock.level} acknowledged"))
 
     @acknowledge_escalation.validator
-    def _validate_acknowledge(self, cmd: AcknowledgeEscalation) -> None:
+    def _validate_acknowledge(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("acknowledge_escalation", AcknowledgeEscalation, raw)
         self._validate(
             "acknowledge_escalation", cmd, lambda: escalation_ladder.check_acknowledge(self.state, cmd)
         )
 
     @workflow.update(name="snooze_escalation", description="Push the next escalation level to a date.")
-    async def snooze_escalation(self, cmd: SnoozeEscalation) -> CommandResult:
+    async def snooze_escalation(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = SnoozeEscalation.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         self._recheck(lambda: escalation_ladder.check_snooze(self.state, cmd, workflow.now()))
@@ -685,13 +734,15 @@ class OpportunityWorkflow:
         )
 
     @snooze_escalation.validator
-    def _validate_snooze(self, cmd: SnoozeEscalation) -> None:
+    def _validate_snooze(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("snooze_escalation", SnoozeEscalation, raw)
         self._validate(
             "snooze_escalation", cmd, lambda: escalation_ladder.check_snooze(self.state, cmd, workflow.now())
         )
 
     @workflow.update(name="pause_clock", description="Pause the stuck clock while the deal waits on others.")
-    async def pause_clock(self, cmd: PauseClock) -> CommandResult:
+    async def pause_clock(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = PauseClock.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         self._recheck(lambda: escalation_ladder.check_pause(self.state, cmd, workflow.now()))
@@ -705,13 +756,15 @@ class OpportunityWorkflow:
         return self.state.remember(self._result(cmd.request_id, f"stage clock paused: {cmd.reason}"))
 
     @pause_clock.validator
-    def _validate_pause(self, cmd: PauseClock) -> None:
+    def _validate_pause(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("pause_clock", PauseClock, raw)
         self._validate(
             "pause_clock", cmd, lambda: escalation_ladder.check_pause(self.state, cmd, workflow.now())
         )
 
     @workflow.update(name="resume_clock", description="Resume the stuck clock; paused time does not count.")
-    async def resume_clock(self, cmd: ResumeClock) -> CommandResult:
+    async def resume_clock(self, raw: dict[str, Any]) -> CommandResult:
+        cmd = ResumeClock.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
         self._recheck(lambda: escalation_ladder.check_resume(self.state, cmd))
@@ -720,7 +773,8 @@ class OpportunityWorkflow:
         return self.state.remember(self._result(cmd.request_id, "stage clock running again"))
 
     @resume_clock.validator
-    def _validate_resume(self, cmd: ResumeClock) -> None:
+    def _validate_resume(self, raw: dict[str, Any]) -> None:
+        cmd = self._parse("resume_clock", ResumeClock, raw)
         self._validate("resume_clock", cmd, lambda: escalation_ladder.check_resume(self.state, cmd))
 
     # -- activities and automations ------------------------------------------------------------
@@ -729,7 +783,13 @@ class OpportunityWorkflow:
         name="record_activity",
         description="A task, meeting, call, email, note or business event around the deal.",
     )
-    def record_activity(self, cmd: RecordActivity) -> None:
+    def record_activity(self, raw: dict[str, Any]) -> None:
+        try:
+            cmd = RecordActivity.model_validate(raw)
+        except ValidationError as exc:
+            # A signal cannot be refused to its sender: the refusal shows in state and audit.
+            self._note_refusal("record_activity", raw, malformed(exc))
+            return
         s = self.state
         if cmd.request_id in s.processed:
             return
@@ -845,6 +905,26 @@ class OpportunityWorkflow:
         )
         self._pending_activities.append((event, depth + (1 if actor_id == "automation" else 0), fired))
 
+    def _note_refusal(self, name: str, raw: Any, refusal: CommandRefused) -> None:
+        actor = raw.get("actor") if isinstance(raw, dict) else None
+        actor_id = str(actor.get("id"))[:120] if isinstance(actor, dict) else "unknown"
+        self.state.refusals = [
+            *self.state.refusals[-(RECENT_EVENTS - 1) :],
+            Refusal(
+                at=workflow.now(),
+                actor_id=actor_id,
+                command=name,
+                rule=refusal.rule,
+                message=refusal.message[:2000],
+            ),
+        ]
+        self._changed(
+            "signal_refused",
+            f"refused-{workflow.uuid4().hex}",
+            actor_id,
+            detail={"command": name, "rule": refusal.rule, "message": refusal.message[:2000]},
+        )
+
     def _automation_refused(self, activity: RecordActivity, rule: str, refusal: CommandRefused) -> None:
         s = self.state
         now = workflow.now()
@@ -920,7 +1000,12 @@ class OpportunityWorkflow:
                 raise
 
     @workflow.signal(name="handoff_finished", description="A hand-off was completed or declined.")
-    def handoff_finished(self, cmd: HandoffDone) -> None:
+    def handoff_finished(self, raw: dict[str, Any]) -> None:
+        try:
+            cmd = HandoffDone.model_validate(raw)
+        except ValidationError as exc:
+            self._note_refusal("handoff_finished", raw, malformed(exc))
+            return
         s = self.state
         if cmd.request_id in s.processed:
             return

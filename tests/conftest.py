@@ -1,0 +1,79 @@
+"""Session-wide real infrastructure: PostgreSQL (embedded unless DATABASE_URL is set), an asyncpg
+pool, a Temporal dev server and the time-skipping test server. Nothing here is mocked."""
+
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from db.migrate import upgrade
+from db.pool import create_pool
+from starter.postgres import start_embedded_postgres
+from starter.temporal_server import temporal_binary
+from tests.helpers import contract_search_attribute_keys
+
+# Makes workflows suggest continue-as-new after 60 events, so tests exercise it.
+DEV_SERVER_EXTRA_ARGS = ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=60"]
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        upgrade(external)
+        yield external
+        return
+    # Not under pytest's basetemp: concurrent pytest runs prune each other's old basetemps.
+    database = start_embedded_postgres(Path(tempfile.mkdtemp(prefix="oppflow-pg-")) / "pgdata")
+    try:
+        upgrade(database.url)
+        yield database.url
+    finally:
+        database.stop()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def db_pool(postgres_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(postgres_url, min_size=1, max_size=10)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        namespace="default",
+        data_converter=pydantic_data_converter,
+        search_attributes=contract_search_attribute_keys(),
+        dev_server_existing_path=temporal_binary(),
+        dev_server_extra_args=DEV_SERVER_EXTRA_ARGS,
+        dev_server_startup_timeout=timedelta(seconds=30),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The Java test server: skips time, but knows no custom search attributes (it rejects
+    them and has no operator service), so workflows that set them cannot run here."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=temporal_binary("temporal-test-server"),
+        test_server_startup_timeout=timedelta(seconds=30),
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()

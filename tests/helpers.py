@@ -1,0 +1,52 @@
+"""Small helpers shared by the tests."""
+
+import asyncio
+import inspect
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from temporalio.common import SearchAttributeIndexedValueType as SAType
+from temporalio.common import SearchAttributeKey
+
+from starter.temporal_setup import SEARCH_ATTRIBUTES
+
+T = TypeVar("T")
+
+_KEY_FACTORIES: dict[SAType, Callable[[str], SearchAttributeKey[Any]]] = {
+    SAType.TEXT: SearchAttributeKey.for_text,
+    SAType.KEYWORD: SearchAttributeKey.for_keyword,
+    SAType.INT: SearchAttributeKey.for_int,
+    SAType.DOUBLE: SearchAttributeKey.for_float,
+    SAType.BOOL: SearchAttributeKey.for_bool,
+    SAType.DATETIME: SearchAttributeKey.for_datetime,
+    SAType.KEYWORD_LIST: SearchAttributeKey.for_keyword_list,
+}
+
+
+def contract_search_attribute_keys() -> list[SearchAttributeKey[Any]]:
+    return [_KEY_FACTORIES[sa_type](name) for name, sa_type in SEARCH_ATTRIBUTES.items()]
+
+
+def new_task_queue() -> str:
+    return f"tq-{uuid.uuid4()}"
+
+
+async def assert_eq_eventually(
+    expected: T,
+    fn: Callable[[], Awaitable[T] | T],
+    timeout: float = 10.0,  # noqa: ASYNC109
+    interval: float = 0.1,
+) -> None:
+    """Poll `fn` (sync or async) until it returns `expected`; fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        result = fn()
+        last = await result if inspect.isawaitable(result) else result
+        if last == expected:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"after {timeout:g}s expected {expected!r}, last got {last!r}")
+        await asyncio.sleep(interval)

@@ -1,0 +1,67 @@
+"""Process files as sales ops write them: validated, with errors that point at the line."""
+
+import pytest
+
+from sales.process import ProcessFileError, default_process, parse_process_yaml
+
+FORECAST = ["Pipeline", "Best Case", "Commit", "Closed", "Omitted"]
+
+
+def test_default_process_is_salesforces_standard_list() -> None:
+    process = default_process()
+    assert [(s.name, s.probability, s.forecast_category) for s in process.stages] == [
+        ("Prospecting", 10, "Pipeline"), ("Qualification", 10, "Pipeline"), ("Needs Analysis", 20, "Pipeline"),
+        ("Value Proposition", 50, "Pipeline"), ("Id. Decision Makers", 60, "Pipeline"),
+        ("Perception Analysis", 70, "Pipeline"), ("Proposal/Price Quote", 75, "Pipeline"),
+        ("Negotiation/Review", 90, "Pipeline"), ("Closed Won", 100, "Closed"), ("Closed Lost", 0, "Omitted"),
+    ]
+    assert process.won_stage.name == "Closed Won" and process.lost_stage.name == "Closed Lost"
+
+
+BROKEN = """\
+name: renewal
+stages:
+  - name: Open
+    probability: 50
+    forecast_category: Pipeline
+    stuck_after: 14 days
+  - name: Won
+    probability: 140
+    forecast_category: Closed
+    closed: true
+    won: true
+  - name: Lost
+    probability: 0
+    forecast_category: Omitted
+    closed: true
+"""
+
+
+def test_errors_name_the_line_and_the_field() -> None:
+    with pytest.raises(ProcessFileError) as caught:
+        parse_process_yaml(BROKEN, "renewal.yaml")
+    message = str(caught.value)
+    assert "renewal.yaml: line 6: stages.0.stuck_after" in message
+    assert "use a whole number followed by s, m, h, d, w or bd" in message
+    assert "renewal.yaml: line 8: stages.1.probability" in message
+    assert "less than or equal to 100" in message
+
+
+def test_cross_references_are_checked() -> None:
+    text = BROKEN.replace("14 days", "14d").replace("140", "100") + (
+        "automations:\n  - {name: x, when: {kind: call}, then: {advance_to: Nowhere}}\n"
+    )
+    with pytest.raises(ProcessFileError, match="automation 'x' names unknown stage 'Nowhere'"):
+        parse_process_yaml(text, "renewal.yaml")
+
+
+def test_a_process_needs_won_and_lost_stages() -> None:
+    text = BROKEN.replace("14 days", "14d").replace("140", "100").replace("    won: true\n", "")
+    with pytest.raises(ProcessFileError, match="needs a won closed stage"):
+        parse_process_yaml(text)
+
+
+def test_unknown_keys_are_refused() -> None:
+    text = BROKEN.replace("14 days", "14d").replace("140", "100").replace("name: Open", "name: Open\n    colour: red")
+    with pytest.raises(ProcessFileError, match="stages.0.colour: Extra inputs are not permitted"):
+        parse_process_yaml(text)
