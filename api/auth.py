@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
 import jwt
-from fastapi import Request
+from fastapi import Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import TypeAdapter, ValidationError
 
@@ -82,9 +83,10 @@ def verify_token(token: str, secret: str) -> Principal:
     return Principal(user_id=user_id, roles=tuple(roles))
 
 
-async def current_principal(request: Request) -> Principal:
+async def current_principal(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)]
+) -> Principal:
     """FastAPI dependency: the caller, from ``Authorization: Bearer <JWT>``."""
-    credentials: HTTPAuthorizationCredentials | None = await bearer_scheme(request)
     if credentials is None:
         raise _unauthorized("missing_token", "send Authorization: Bearer <token> (oppflow token --user ID)")
-    return verify_token(credentials.credentials, request.app.state.jwt_secret)
+    return verify_token(credentials.credentials, request.app.state.services.jwt_secret)

@@ -55,9 +55,7 @@ class IdempotencyStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def claim(
-        self, key: str, print_: str, actor_id: str, method: str, path: str
-    ) -> KeptAnswer | None:
+    async def claim(self, key: str, print_: str, actor_id: str, method: str, path: str) -> KeptAnswer | None:
         """Register the key; answer the kept response of an earlier identical request."""
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             await conn.execute(CLAIM, key, print_, actor_id, method, path)

@@ -111,7 +111,10 @@ async def _perform(svc: Services, claim: ActionClaim, request_id: str) -> dict[s
     actor = await client.actor(claim.recipient_id)
     if claim.action == "acknowledge":
         result = await client.acknowledge_escalation(
-            claim.opportunity_id, actor=actor, note="acknowledged from the notification", request_id=request_id
+            claim.opportunity_id,
+            actor=actor,
+            note="acknowledged from the notification",
+            request_id=request_id,
         )
     else:
         until = datetime.now(UTC) + timedelta(days=claim.days or 1)

@@ -20,8 +20,6 @@ router = APIRouter(tags=["opportunities"], responses=ERROR_RESPONSES)
 
 Caller = Annotated[Principal, Depends(current_principal)]
 
-COMMAND = {"response_model": CommandResult}
-
 
 def _opportunity_id_for(key: str | None) -> str:
     """A retried create with the same key must reach the same deal, even without an id."""
@@ -37,7 +35,9 @@ def _opportunity_id_for(key: str | None) -> str:
     summary="Create an opportunity (starts its workflow)",
 )
 async def create_opportunity(
-    request: Request, caller: Caller, body: schemas.CreateBody  # type: ignore[valid-type]
+    request: Request,
+    caller: Caller,
+    body: schemas.CreateBody,  # type: ignore[valid-type]
 ) -> JSONResponse:
     values: dict[str, Any] = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
     client = services(request).client
@@ -100,37 +100,62 @@ async def get_history(request: Request, caller: Caller, opportunity_id: str) -> 
     return JSONResponse(to_json(await services(request).client.history(opportunity_id)))
 
 
-def _command(name: str, body_type: Any, summary: str, path: str, method: str = "post") -> None:
-    """Register ``method path`` sending the ``name`` update with the body's fields."""
+# (update name, body, method, path under /opportunities/{opportunity_id}, summary)
+COMMANDS: list[tuple[str, Any, str, str, str]] = [
+    ("change_stage", schemas.ChangeStageBody, "POST", "/stage", "Change stage (closing included)"),
+    ("update_fields", schemas.UpdateFieldsBody, "PATCH", "", "Update fields, amount, close date or name"),
+    ("reopen", schemas.ReopenBody, "POST", "/reopen", "Reopen a closed deal into an open stage"),
+    ("reassign", schemas.ReassignBody, "POST", "/reassign", "Give the deal to a new owner"),
+    ("add_team_member", schemas.AddTeamMemberBody, "POST", "/team", "Add a person to the deal team"),
+    ("acknowledge_escalation", schemas.AcknowledgeBody, "POST", "/escalation/acknowledge", "Acknowledge"),
+    ("snooze_escalation", schemas.SnoozeBody, "POST", "/escalation/snooze", "Push the next level to a date"),
+    ("pause_clock", schemas.PauseClockBody, "POST", "/clock/pause", "Pause the stage clock"),
+    ("resume_clock", schemas.ResumeClockBody, "POST", "/clock/resume", "Resume the stage clock"),
+]
 
-    async def endpoint(request: Request, caller: Caller, opportunity_id: str, body: body_type) -> JSONResponse:  # type: ignore[valid-type]
+
+def _add_command(name: str, body_type: Any, method: str, path: str, summary: str) -> None:
+    """Register ``method path``: sends the ``name`` update with the body's fields."""
+
+    async def endpoint(
+        request: Request,
+        caller: Caller,
+        opportunity_id: str,
+        body: body_type,  # type: ignore[valid-type]
+    ) -> JSONResponse:
         values = body.model_dump(exclude_unset=True)
         send = getattr(services(request).client, name)
 
         async def action(request_id: str) -> CommandResult:
-            return await send(opportunity_id, actor=caller.actor, request_id=request_id, **values)  # type: ignore[no-any-return]
+            result: CommandResult = await send(
+                opportunity_id, actor=caller.actor, request_id=request_id, **values
+            )
+            return result
 
         return await run_command(request, caller, action, opportunity_id=opportunity_id)
 
     endpoint.__name__ = name
-    router.add_api_route(path, endpoint, methods=[method.upper()], summary=summary, **COMMAND)  # type: ignore[arg-type]
+    router.add_api_route(
+        "/opportunities/{opportunity_id}" + path,
+        endpoint,
+        methods=[method],
+        summary=summary,
+        response_model=CommandResult,
+    )
 
 
-_command("change_stage", schemas.ChangeStageBody, "Change stage (closing included)", "/opportunities/{opportunity_id}/stage")
-_command("update_fields", schemas.UpdateFieldsBody, "Update fields, amount, close date or name", "/opportunities/{opportunity_id}", "patch")
-_command("reopen", schemas.ReopenBody, "Reopen a closed deal into an open stage", "/opportunities/{opportunity_id}/reopen")
-_command("reassign", schemas.ReassignBody, "Give the deal to a new owner", "/opportunities/{opportunity_id}/reassign")
-_command("add_team_member", schemas.AddTeamMemberBody, "Add a person to the deal team", "/opportunities/{opportunity_id}/team")
-_command("acknowledge_escalation", schemas.AcknowledgeBody, "Acknowledge the escalation", "/opportunities/{opportunity_id}/escalation/acknowledge")
-_command("snooze_escalation", schemas.SnoozeBody, "Push the next escalation level to a date", "/opportunities/{opportunity_id}/escalation/snooze")
-_command("pause_clock", schemas.PauseClockBody, "Pause the stage clock", "/opportunities/{opportunity_id}/clock/pause")
-_command("resume_clock", schemas.ResumeClockBody, "Resume the stage clock", "/opportunities/{opportunity_id}/clock/resume")  # fmt: skip
+for _spec in COMMANDS:
+    _add_command(*_spec)
 
 
 @router.delete(
-    "/opportunities/{opportunity_id}/team/{user_id}", summary="Remove a person from the deal team", **COMMAND
+    "/opportunities/{opportunity_id}/team/{user_id}",
+    summary="Remove a person from the deal team",
+    response_model=CommandResult,
 )
-async def remove_team_member(request: Request, caller: Caller, opportunity_id: str, user_id: str) -> JSONResponse:
+async def remove_team_member(
+    request: Request, caller: Caller, opportunity_id: str, user_id: str
+) -> JSONResponse:
     client = services(request).client
 
     async def action(request_id: str) -> CommandResult:
@@ -144,7 +169,7 @@ async def remove_team_member(request: Request, caller: Caller, opportunity_id: s
 @router.post(
     "/opportunities/{opportunity_id}/process",
     summary="Admin: move the deal to another published process version",
-    **COMMAND,
+    response_model=CommandResult,
 )
 async def migrate_process(
     request: Request, caller: Caller, opportunity_id: str, body: schemas.MigrateProcessBody
@@ -172,13 +197,18 @@ async def migrate_process(
     summary="Record an activity (signal record_activity)",
 )
 async def record_activity(
-    request: Request, caller: Caller, opportunity_id: str, body: schemas.RecordActivityBody  # type: ignore[valid-type]
+    request: Request,
+    caller: Caller,
+    opportunity_id: str,
+    body: schemas.RecordActivityBody,  # type: ignore[valid-type]
 ) -> JSONResponse:
     values = body.model_dump(exclude_unset=True)  # type: ignore[attr-defined]
     client = services(request).client
 
     async def action(request_id: str) -> schemas.ActivityAccepted:
-        sent = await client.record_activity(opportunity_id, actor=caller.actor, request_id=request_id, **values)
+        sent = await client.record_activity(
+            opportunity_id, actor=caller.actor, request_id=request_id, **values
+        )
         return schemas.ActivityAccepted(request_id=sent, message=f"{values['kind']} recorded")
 
     return await run_command(request, caller, action, status_code=202, opportunity_id=opportunity_id)

@@ -6,14 +6,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from api import schemas
-from api.auth import Principal, current_principal
+from api.auth import current_principal
 from api.commands import services, to_json
 from api.errors import ERROR_RESPONSES
 from starter import reports
 
 router = APIRouter(responses=ERROR_RESPONSES, dependencies=[Depends(current_principal)])
 
-Caller = Annotated[Principal, Depends(current_principal)]
 Format = Annotated[Literal["json", "csv"], Query(description="json (default) or csv")]
 Owner = Annotated[str | None, Query(description="only this owner's deals")]
 Team = Annotated[str | None, Query(description="a manager id: deals of everyone in their reporting chain")]
@@ -67,10 +66,14 @@ async def time_in_stage(
 
 
 @router.get("/reports/stuck", tags=["reports"], summary="Open deals past their stage's stuck_after")
-async def stuck(request: Request, owner_id: Owner = None, team: Team = None, format: Format = "json") -> Response:
+async def stuck(
+    request: Request, owner_id: Owner = None, team: Team = None, format: Format = "json"
+) -> Response:
     return _answer(await reports.stuck(services(request).pool, owner_id=owner_id, team=team), format)
 
 
 @router.get("/reports/overdue", tags=["reports"], summary="Open deals whose close date has passed")
-async def overdue(request: Request, owner_id: Owner = None, team: Team = None, format: Format = "json") -> Response:
+async def overdue(
+    request: Request, owner_id: Owner = None, team: Team = None, format: Format = "json"
+) -> Response:
     return _answer(await reports.overdue(services(request).pool, owner_id=owner_id, team=team), format)

@@ -127,4 +127,3 @@ class Escalation(BaseModel):
 class Health(BaseModel):
     postgres: str
     temporal: str
-

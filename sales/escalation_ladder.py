@@ -1,9 +1,10 @@
 """The stuck-deal clock and its escalation ladder.
 
-Level N of a stage is due at ``stage entry + paused time + stuck_after + step N's after``
-(business days skip weekends and the process's holidays). Snoozing pushes the next level
-to a date; acknowledging stops the ladder until the next stage change; a paused clock
-has no due level. Deadlines are computed from state, so waking up for an unrelated
+Level N of a stage is due at ``stage entry + paused time + snoozed time + stuck_after +
+step N's after`` (business days skip weekends and the process's holidays). Snoozing pushes
+the next level to a date and the rest of the ladder with it, keeping its spacing;
+acknowledging stops the ladder until the next stage change; a paused clock has no due
+level. Deadlines are computed from state, so waking up for an unrelated
 message never restarts the clock.
 """
 
@@ -33,7 +34,8 @@ def level_due_at(state: OpportunityState, level: int) -> datetime | None:
     if clock is None or not 1 <= level <= len(stage.escalation):
         return None
     holidays = state.process.holidays
-    start = state.stage_entered_at + timedelta(seconds=state.clock.paused_seconds)
+    shift = state.clock.paused_seconds + state.clock.snoozed_seconds
+    start = state.stage_entered_at + timedelta(seconds=shift)
     stuck_at = add_duration(start, clock, holidays)
     return add_duration(stuck_at, stage.escalation[level - 1].offset, holidays)
 
@@ -47,8 +49,6 @@ def next_level(state: OpportunityState) -> DueLevel | None:
     due_at = level_due_at(state, level)
     if due_at is None:
         return None
-    if state.clock.snoozed_until and state.clock.snoozed_until > due_at:
-        due_at = state.clock.snoozed_until
     return DueLevel(level, stage.escalation[level - 1], due_at)
 
 
@@ -83,6 +83,15 @@ def mark_fired(state: OpportunityState, level: int) -> None:
 def refresh_next_due(state: OpportunityState) -> None:
     upcoming = next_level(state)
     state.clock.next_level_due_at = upcoming.due_at if upcoming else None
+
+
+def apply_snooze(state: OpportunityState, until: datetime) -> None:
+    state.clock.acknowledged_by = None
+    upcoming = next_level(state)
+    if upcoming is not None and until > upcoming.due_at:
+        state.clock.snoozed_seconds += (until - upcoming.due_at).total_seconds()
+    state.clock.snoozed_until = until
+    refresh_next_due(state)
 
 
 def _require_open_clock(state: OpportunityState) -> None:

@@ -49,6 +49,7 @@ class StageClock(BaseModel):
     pause_reason: str | None = None
     pause_until: datetime | None = None
     paused_seconds: float = 0.0
+    snoozed_seconds: float = 0.0
     next_level_due_at: datetime | None = None
 
 

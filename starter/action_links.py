@@ -136,7 +136,9 @@ def verify(token: str, secret: str, now: datetime | None = None) -> ActionClaim:
             expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
         )
     except (jwt.InvalidTokenError, KeyError, TypeError, ValueError):
-        raise LinkError("link_invalid", "this action link is not valid (altered or not from oppflow)") from None
+        raise LinkError(
+            "link_invalid", "this action link is not valid (altered or not from oppflow)"
+        ) from None
     if claim.action not in ACTIONS or (claim.action == "snooze" and not claim.days):
         raise LinkError("link_invalid", "this action link names no known action")
     if (now or datetime.now(UTC)) >= claim.expires_at:

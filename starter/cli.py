@@ -408,6 +408,32 @@ async def opp_history(opportunity_id: str) -> None:
     console.print(table)
 
 
+@app.command("check-escalations")
+@run
+async def check_escalations(
+    repair: Annotated[bool, typer.Option("--repair", help="re-arm the deals found")] = False,
+    grace_seconds: Annotated[int, typer.Option("--grace", help="seconds late before it counts")] = 60,
+) -> None:
+    """Find escalations due by the database that have not fired (lost timers); --repair re-arms them."""
+    from datetime import timedelta
+
+    from starter import escalation_check
+
+    async with connected() as client:
+        overdue = await escalation_check.find_overdue(client.pool, timedelta(seconds=grace_seconds))
+        for item in overdue:
+            typer.echo(item.describe())
+        if repair and overdue:
+            problems = await escalation_check.repair(client.temporal, overdue)
+            for problem in problems:
+                typer.echo(f"could not re-arm {problem}", err=True)
+            typer.echo(f"re-armed {len(overdue) - len(problems)} of {len(overdue)}")
+    if not overdue:
+        typer.echo("no overdue escalations")
+    elif not repair:
+        raise typer.Exit(2)
+
+
 # -- org chart and processes --------------------------------------------------------------------------
 
 
@@ -452,6 +478,10 @@ async def process_list() -> None:
 from starter.cli_import import register as register_import_commands  # noqa: E402
 
 register_import_commands(app)
+
+from starter.cli_api import register as register_api_commands  # noqa: E402
+
+register_api_commands(app)
 
 
 def main() -> None:

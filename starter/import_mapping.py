@@ -341,6 +341,9 @@ def parse_datetime(value: Any, formats: list[str], zone: ZoneInfo) -> datetime |
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
 
 
+_EXAMPLE = datetime(2026, 3, 31, 14, 30)
+
+
 def _from_text(text: str, formats: list[str]) -> datetime:
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -351,7 +354,8 @@ def _from_text(text: str, formats: list[str]) -> datetime:
             return datetime.strptime(text, fmt)
         except ValueError:
             continue
-    raise ValueError(f"{text!r} is not a date (ISO 8601 or {', '.join(formats)})")
+    examples = ", ".join(dict.fromkeys(_EXAMPLE.strftime(f) for f in ["%Y-%m-%d", *formats]))
+    raise ValueError(f"{text!r} is not a date (expected e.g. {examples})")
 
 
 class RowConverter:

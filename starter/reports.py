@@ -43,7 +43,9 @@ STAGE_POSITION = """LEFT JOIN LATERAL (
          jsonb_array_elements(sp.definition -> 'stages') WITH ORDINALITY AS s(stage, ord)
     WHERE sp.name = o.process_name AND sp.version = o.process_version AND s.stage ->> 'name' = {stage}
 ) pos ON true"""
-SCOPE_WHERE = "($1::text IS NULL OR o.owner_id = $1) AND ($2::text IS NULL OR o.owner_id IN (SELECT id FROM team))"
+SCOPE_WHERE = (
+    "($1::text IS NULL OR o.owner_id = $1) AND ($2::text IS NULL OR o.owner_id IN (SELECT id FROM team))"
+)
 
 PIPELINE = f"""{SCOPE_CTE}
 SELECT {{owner_column}} o.stage, o.forecast_category,
@@ -52,7 +54,7 @@ SELECT {{owner_column}} o.stage, o.forecast_category,
        COALESCE(sum(o.amount), 0)::numeric(18, 2) AS amount,
        round(COALESCE(sum(o.amount * o.probability / 100.0), 0), 2)::numeric(18, 2) AS weighted_amount
 FROM opportunities o
-{STAGE_POSITION.format(stage='o.stage')}
+{STAGE_POSITION.format(stage="o.stage")}
 WHERE NOT o.is_closed AND {SCOPE_WHERE}
 GROUP BY {{owner_group}} o.stage, o.forecast_category
 ORDER BY {{owner_group}} position NULLS LAST, o.stage, o.forecast_category

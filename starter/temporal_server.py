@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
@@ -121,15 +122,17 @@ def stop_orphan(pid_file: Path) -> None:
 
 def spawn_dev_server(options: DevServerOptions) -> subprocess.Popen[bytes]:
     args = dev_server_args(temporal_binary(), options)
-    log = open(options.log_file, "ab") if options.log_file else subprocess.DEVNULL
-    try:
-        # Own session: Ctrl-C reaches only the parent, which stops the server after the worker.
-        return subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-        )
-    finally:
-        if options.log_file:
-            log.close()
+    if options.log_file is None:
+        return _popen(args, subprocess.DEVNULL)
+    with open(options.log_file, "ab") as log:
+        return _popen(args, log)
+
+
+def _popen(args: list[str], output: IO[bytes] | int) -> subprocess.Popen[bytes]:
+    # Own session: Ctrl-C reaches only the parent, which stops the server after the worker.
+    return subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=output, stderr=output, start_new_session=True
+    )
 
 
 async def start_dev_server(options: DevServerOptions, *, check_ports: bool = True) -> DevServer:

@@ -5,6 +5,7 @@ import time
 from datetime import timedelta
 
 from google.protobuf.duration_pb2 import Duration
+from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, RegisterNamespaceRequest
 from temporalio.client import Client
@@ -69,7 +70,7 @@ async def register_search_attributes(
         await client.operator_service.add_search_attributes(
             AddSearchAttributesRequest(
                 namespace=namespace,
-                search_attributes={name: sa_type.value for name, sa_type in missing.items()},
+                search_attributes={name: IndexedValueType.ValueType(t.value) for name, t in missing.items()},
             )
         )
     except RPCError as err:

@@ -31,8 +31,13 @@ class SalesTeam:
     @property
     def people(self) -> list[Person]:
         def person(name: str, roles: list[str], manager: str | None) -> Person:
-            return Person(id=self.id(name), name=f"{name.title()} {self.tag}", email=f"{name}-{self.tag}@example.com",
-                          manager_id=self.id(manager) if manager else None, roles=roles)
+            return Person(
+                id=self.id(name),
+                name=f"{name.title()} {self.tag}",
+                email=f"{name}-{self.tag}@example.com",
+                manager_id=self.id(manager) if manager else None,
+                roles=roles,
+            )
 
         return [
             person("vp", ["manager"], None),

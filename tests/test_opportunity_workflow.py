@@ -29,14 +29,23 @@ async def app(temporal_env: WorkflowEnvironment, db_pool: asyncpg.Pool) -> Async
 
 async def new_deal(app: App, **extra: object) -> str:
     opp = app.opp_id()
-    await app.client.create(actor=app.team.actor("rep"), name="Acme rollout", account="Acme",
-                            owner_id=app.team.id("rep"), opportunity_id=opp, amount="50000", **extra)
+    await app.client.create(
+        actor=app.team.actor("rep"),
+        name="Acme rollout",
+        account="Acme",
+        owner_id=app.team.id("rep"),
+        opportunity_id=opp,
+        amount="50000",
+        **extra,
+    )
     return opp
 
 
 async def update_events(app: App, opp: str) -> int:
     history = await app.temporal.get_workflow_handle(workflow_id(opp)).fetch_history()
-    return sum(1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
+    return sum(
+        1 for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    )
 
 
 async def test_a_rep_moves_a_deal_and_closes_it_lost(app: App) -> None:
@@ -44,9 +53,16 @@ async def test_a_rep_moves_a_deal_and_closes_it_lost(app: App) -> None:
     opp = await new_deal(app)
 
     await app.client.change_stage(opp, actor=rep, stage="Qualification")
-    await app.client.change_stage(opp, actor=rep, stage="Needs Analysis", fields={"budget": 80000, "timeline": "Q1"})
-    result = await app.client.change_stage(opp, actor=rep, stage="Closed Lost", reason="went with a competitor",
-                                           fields={"loss_reason": "Competitor"})
+    await app.client.change_stage(
+        opp, actor=rep, stage="Needs Analysis", fields={"budget": 80000, "timeline": "Q1"}
+    )
+    result = await app.client.change_stage(
+        opp,
+        actor=rep,
+        stage="Closed Lost",
+        reason="went with a competitor",
+        fields={"loss_reason": "Competitor"},
+    )
 
     assert result.message == "moved from Needs Analysis to Closed Lost"
     state = await app.client.state(opp)
@@ -56,18 +72,33 @@ async def test_a_rep_moves_a_deal_and_closes_it_lost(app: App) -> None:
     assert state["process"] == {"name": "new-business", "version": 1}
 
     async def stages() -> list[tuple[str | None, str]]:
-        rows = await app.pool.fetch("SELECT from_stage, to_stage FROM stage_history WHERE opportunity_id = $1 "
-                                    "ORDER BY changed_at, id", opp)
+        rows = await app.pool.fetch(
+            "SELECT from_stage, to_stage FROM stage_history WHERE opportunity_id = $1 "
+            "ORDER BY changed_at, id",
+            opp,
+        )
         return [(r["from_stage"], r["to_stage"]) for r in rows]
 
     await assert_eq_eventually(
-        [(None, "Prospecting"), ("Prospecting", "Qualification"), ("Qualification", "Needs Analysis"),
-         ("Needs Analysis", "Closed Lost")], stages)
+        [
+            (None, "Prospecting"),
+            ("Prospecting", "Qualification"),
+            ("Qualification", "Needs Analysis"),
+            ("Needs Analysis", "Closed Lost"),
+        ],
+        stages,
+    )
     row = await app.pool.fetchrow("SELECT * FROM opportunities WHERE id = $1", opp)
-    assert (row["stage"], row["is_closed"], row["is_won"], row["amount"]) == ("Closed Lost", True, False, Decimal(50000))
+    assert (row["stage"], row["is_closed"], row["is_won"], row["amount"]) == (
+        "Closed Lost",
+        True,
+        False,
+        Decimal(50000),
+    )
     assert row["fields"]["loss_reason"] == "Competitor"
-    reason = await app.pool.fetchval("SELECT reason FROM stage_history WHERE opportunity_id = $1 AND "
-                                     "to_stage = 'Closed Lost'", opp)
+    reason = await app.pool.fetchval(
+        "SELECT reason FROM stage_history WHERE opportunity_id = $1 AND to_stage = 'Closed Lost'", opp
+    )
     assert reason == "went with a competitor"
 
 
@@ -87,8 +118,9 @@ async def test_a_refused_move_names_the_rule_leaves_no_history_and_is_audited(ap
     assert (await app.client.state(opp))["stage"] == "Qualification"
 
     async def audit() -> list[tuple[str, str, list[str]]]:
-        rows = await app.pool.fetch("SELECT actor_id, rule, missing FROM rejected_commands WHERE request_id = $1",
-                                    f"{opp}-try")
+        rows = await app.pool.fetch(
+            "SELECT actor_id, rule, missing FROM rejected_commands WHERE request_id = $1", f"{opp}-try"
+        )
         return [(r["actor_id"], r["rule"], list(r["missing"])) for r in rows]
 
     await assert_eq_eventually([(rep.id, "exit_criteria", ["budget", "timeline"])], audit)
@@ -112,7 +144,9 @@ async def test_a_closed_deal_refuses_changes(app: App) -> None:
     with pytest.raises(CommandRejected) as refused:
         await app.client.change_stage(opp, actor=rep, stage="Qualification")
     assert refused.value.rule == "closed_is_final"
-    reopened = await app.client.reopen(opp, actor=app.team.actor("mgr"), stage="Qualification", reason="budget back")
+    reopened = await app.client.reopen(
+        opp, actor=app.team.actor("mgr"), stage="Qualification", reason="budget back"
+    )
     assert reopened.message == "moved from Closed Lost to Qualification"
 
 
@@ -124,8 +158,9 @@ async def test_the_same_request_id_is_applied_once_and_answers_the_same(app: App
 
     assert again == first
     await asyncio.sleep(0.3)
-    count = await app.pool.fetchval("SELECT count(*) FROM stage_history WHERE opportunity_id = $1 AND "
-                                    "request_id = 'same-key'", opp)
+    count = await app.pool.fetchval(
+        "SELECT count(*) FROM stage_history WHERE opportunity_id = $1 AND request_id = 'same-key'", opp
+    )
     assert count == 1
     assert (await app.client.state(opp))["stage_entry_seq"] == 2
 
@@ -134,14 +169,20 @@ async def test_concurrent_creators_get_one_deal(app: App) -> None:
     opp = app.opp_id()
 
     async def create(n: int) -> None:
-        await app.client.create(actor=app.team.actor("rep"), name=f"Deal {n}", account="Acme",
-                                owner_id=app.team.id("rep"), opportunity_id=opp)
+        await app.client.create(
+            actor=app.team.actor("rep"),
+            name=f"Deal {n}",
+            account="Acme",
+            owner_id=app.team.id("rep"),
+            opportunity_id=opp,
+        )
 
     await asyncio.gather(*(create(n) for n in range(5)))
     runs = [w async for w in app.temporal.list_workflows(f"WorkflowId = '{workflow_id(opp)}'")]
     assert len(runs) == 1
-    await assert_eq_eventually(1, lambda: app.pool.fetchval(
-        "SELECT count(*) FROM stage_history WHERE opportunity_id = $1", opp))
+    await assert_eq_eventually(
+        1, lambda: app.pool.fetchval("SELECT count(*) FROM stage_history WHERE opportunity_id = $1", opp)
+    )
 
 
 async def test_owner_must_be_in_the_org_chart(app: App) -> None:
@@ -155,45 +196,105 @@ async def test_malformed_payload_from_a_raw_client_is_rejected_without_history(a
     handle = app.temporal.get_workflow_handle(workflow_id(opp))
     before = await update_events(app, opp)
     with pytest.raises(WorkflowUpdateFailedError) as failed:
-        await handle.execute_update("change_stage", {"request_id": "raw-1", "actor": {"id": "x", "role": "rep"},
-                                                     "stage": "Qualification", "colour": "red"})
+        await handle.execute_update(
+            "change_stage",
+            {
+                "request_id": "raw-1",
+                "actor": {"id": "x", "role": "rep"},
+                "stage": "Qualification",
+                "colour": "red",
+            },
+        )
     assert "colour" in str(failed.value.cause)
     assert await update_events(app, opp) == before
 
 
 def temporal_cli(env: WorkflowEnvironment, *args: str) -> subprocess.CompletedProcess[str]:
     address = env.client.service_client.config.target_host
-    return subprocess.run([temporal_binary(), *args, "--address", address, "--namespace", "default", "-o", "json"],
-                          capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [temporal_binary(), *args, "--address", address, "--namespace", "default", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
-async def test_any_temporal_client_speaks_the_contract_json(app: App, temporal_env: WorkflowEnvironment) -> None:
+async def test_any_temporal_client_speaks_the_contract_json(
+    app: App, temporal_env: WorkflowEnvironment
+) -> None:
     opp = await new_deal(app)
-    payload = {"request_id": "cli-1", "actor": {"id": app.team.id("rep"), "role": "rep"}, "stage": "Qualification"}
+    payload = {
+        "request_id": "cli-1",
+        "actor": {"id": app.team.id("rep"), "role": "rep"},
+        "stage": "Qualification",
+    }
 
-    update = await asyncio.to_thread(temporal_cli, temporal_env, "workflow", "update", "execute",
-                                     "--workflow-id", workflow_id(opp), "--name", "change_stage",
-                                     "--input", json.dumps(payload))
+    update = await asyncio.to_thread(
+        temporal_cli,
+        temporal_env,
+        "workflow",
+        "update",
+        "execute",
+        "--workflow-id",
+        workflow_id(opp),
+        "--name",
+        "change_stage",
+        "--input",
+        json.dumps(payload),
+    )
     assert update.returncode == 0, update.stderr
     assert json.loads(update.stdout)["result"]["stage"] == "Qualification"
 
-    signal = {"request_id": "cli-2", "actor": {"id": "crm-sync", "role": "automation"}, "kind": "call",
-              "subject": "intro call", "outcome": "completed"}
-    sent = await asyncio.to_thread(temporal_cli, temporal_env, "workflow", "signal", "--workflow-id",
-                                   workflow_id(opp), "--name", "record_activity", "--input", json.dumps(signal))
+    signal = {
+        "request_id": "cli-2",
+        "actor": {"id": "crm-sync", "role": "automation"},
+        "kind": "call",
+        "subject": "intro call",
+        "outcome": "completed",
+    }
+    sent = await asyncio.to_thread(
+        temporal_cli,
+        temporal_env,
+        "workflow",
+        "signal",
+        "--workflow-id",
+        workflow_id(opp),
+        "--name",
+        "record_activity",
+        "--input",
+        json.dumps(signal),
+    )
     assert sent.returncode == 0, sent.stderr
 
     async def last_activity() -> str | None:
-        query = await asyncio.to_thread(temporal_cli, temporal_env, "workflow", "query", "--workflow-id",
-                                        workflow_id(opp), "--type", "get_state")
+        query = await asyncio.to_thread(
+            temporal_cli,
+            temporal_env,
+            "workflow",
+            "query",
+            "--workflow-id",
+            workflow_id(opp),
+            "--type",
+            "get_state",
+        )
         state = json.loads(query.stdout)["queryResult"][0]
         return state["recent_activities"][-1]["subject"] if state["recent_activities"] else None
 
     await assert_eq_eventually("intro call", last_activity)
 
-    refused = await asyncio.to_thread(temporal_cli, temporal_env, "workflow", "update", "execute",
-                                      "--workflow-id", workflow_id(opp), "--name", "change_stage",
-                                      "--input", json.dumps({**payload, "request_id": "cli-3", "stage": "Nowhere"}))
+    refused = await asyncio.to_thread(
+        temporal_cli,
+        temporal_env,
+        "workflow",
+        "update",
+        "execute",
+        "--workflow-id",
+        workflow_id(opp),
+        "--name",
+        "change_stage",
+        "--input",
+        json.dumps({**payload, "request_id": "cli-3", "stage": "Nowhere"}),
+    )
     assert refused.returncode != 0
     assert "stage 'Nowhere' is not in process new-business" in refused.stderr + refused.stdout
 
@@ -204,12 +305,20 @@ async def test_state_survives_continue_as_new_with_its_request_ids(app: App) -> 
     handle = app.temporal.get_workflow_handle(workflow_id(opp))
     first_run = (await handle.describe()).run_id
     for n in range(30):
-        await app.client.update_fields(opp, actor=rep, fields={"pain_points": f"take {n}"}, request_id=f"edit-{n}")
-    again = await app.client.update_fields(opp, actor=rep, fields={"pain_points": "late repeat"}, request_id="edit-0")
+        await app.client.update_fields(
+            opp, actor=rep, fields={"pain_points": f"take {n}"}, request_id=f"edit-{n}"
+        )
+    again = await app.client.update_fields(
+        opp, actor=rep, fields={"pain_points": "late repeat"}, request_id="edit-0"
+    )
 
     assert again.message == "updated pain_points"
     state = await app.client.state(opp)
     assert state["fields"]["pain_points"] == "take 29"
     assert (await app.temporal.get_workflow_handle(workflow_id(opp)).describe()).run_id != first_run
-    await assert_eq_eventually(30, lambda: app.pool.fetchval(
-        "SELECT count(*) FROM field_history WHERE opportunity_id = $1 AND field = 'pain_points'", opp))
+    await assert_eq_eventually(
+        30,
+        lambda: app.pool.fetchval(
+            "SELECT count(*) FROM field_history WHERE opportunity_id = $1 AND field = 'pain_points'", opp
+        ),
+    )

@@ -102,6 +102,7 @@ class OpportunityWorkflow:
         self._handoffs_to_start: list[Handoff] = []
         self._handoffs_to_notify: list[Handoff] = []
         self._woken = False
+        self._recheck_due = False
         self._lock = asyncio.Lock()
         if self._is_new and input.create is not None:
             # Recorded here, not in run(): updates may be handled before run() starts.
@@ -167,6 +168,10 @@ class OpportunityWorkflow:
                 timeout_summary=summary,
             )
         except TimeoutError:
+            await self._on_clock()
+            return
+        if self._recheck_due:
+            self._recheck_due = False
             await self._on_clock()
 
     def _next_wake(self) -> tuple[datetime | None, str]:
@@ -717,9 +722,7 @@ class OpportunityWorkflow:
             return earlier
         self._recheck(lambda: escalation_ladder.check_snooze(self.state, cmd, workflow.now()))
         s = self.state
-        s.clock.snoozed_until = cmd.until
-        s.clock.acknowledged_by = None
-        escalation_ladder.refresh_next_due(s)
+        escalation_ladder.apply_snooze(s, cmd.until)
         self._changed(
             "snooze_escalation",
             cmd.request_id,
@@ -1022,6 +1025,11 @@ class OpportunityWorkflow:
             detail={"handoff_id": handoff.handoff_id, "kind": handoff.kind, "note": cmd.note},
         )
         s.remember(self._result(cmd.request_id, f"hand-off {handoff.title} {handoff.status}"))
+
+    @workflow.signal(name="check_clock", description="Re-arm the stage clock: fire any level now due.")
+    def check_clock(self) -> None:
+        self._woken = True
+        self._recheck_due = True
 
     # -- reads ------------------------------------------------------------------------------------
 

@@ -15,14 +15,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 HEADER = [
-    "Opportunity ID", "Opportunity Name", "Account Name", "Opportunity Owner", "Stage", "Amount",
-    "Close Date", "Last Stage Change Date", "Probability (%)", "Created Date",
+    "Opportunity ID",
+    "Opportunity Name",
+    "Account Name",
+    "Opportunity Owner",
+    "Stage",
+    "Amount",
+    "Close Date",
+    "Last Stage Change Date",
+    "Probability (%)",
+    "Created Date",
 ]
 # (stage, probability, share of rows); recent stage changes so most deals are not stuck yet.
 STAGES = [
-    ("Prospecting", 10, 24), ("Qualification", 10, 18), ("Needs Analysis", 20, 14),
-    ("Value Proposition", 50, 12), ("Id. Decision Makers", 60, 10), ("Proposal/Price Quote", 75, 8),
-    ("Negotiation/Review", 90, 8), ("Closed Lost", 0, 6),
+    ("Prospecting", 10, 24),
+    ("Qualification", 10, 18),
+    ("Needs Analysis", 20, 14),
+    ("Value Proposition", 50, 12),
+    ("Id. Decision Makers", 60, 10),
+    ("Proposal/Price Quote", 75, 8),
+    ("Negotiation/Review", 90, 8),
+    ("Closed Lost", 0, 6),
 ]
 # What is wrong with a broken row, and the column the import must blame.
 BREAKAGES = [
@@ -71,7 +84,7 @@ def generate(
     writer.writerow(HEADER)
     weights = [share for _, _, share in STAGES]
     broken_at = {round(i * rows / broken) + rows // (2 * broken) for i in range(broken)} if broken else set()
-    old_at = {round(i * rows / old) + 1 for i in range(old)} - broken_at if old else set()
+    old_at = {round(i * rows / old) for i in range(old)} - broken_at if old else set()
     out = Generated(text="", ids=[])
     for index in range(rows):
         line = index + 2

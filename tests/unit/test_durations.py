@@ -9,7 +9,11 @@ FRIDAY_3PM = datetime(2026, 11, 6, 15, 0, tzinfo=UTC)
 
 def test_parses_each_unit() -> None:
     assert [str(parse_duration(t)) for t in ("90s", "36h", "14d", "10bd", "2w")] == [
-        "90s", "36h", "14d", "10bd", "2w"
+        "90s",
+        "36h",
+        "14d",
+        "10bd",
+        "2w",
     ]
 
 

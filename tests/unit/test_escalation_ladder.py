@@ -46,16 +46,21 @@ def test_paused_time_does_not_count() -> None:
     assert state.clock.next_level_due_at == MONDAY + timedelta(days=17)
 
 
-def test_snooze_pushes_the_next_level_only() -> None:
+def test_snooze_pushes_the_rest_of_the_ladder_keeping_its_spacing() -> None:
     state = deal("Prospecting")
-    until = MONDAY + timedelta(days=20)
-    state.clock.snoozed_until = until
-    first = ladder.next_level(state)
-    assert first is not None and first.due_at == until
     ladder.mark_fired(state, 1)
-    assert state.clock.snoozed_until is None
+    until = MONDAY + timedelta(days=25)
+    ladder.apply_snooze(state, until)
     second = ladder.next_level(state)
-    assert second is not None and second.due_at == MONDAY + timedelta(days=17)
+    assert second is not None and (second.level, second.due_at) == (2, until)
+    assert ladder.level_due_at(state, 3) == until + timedelta(days=4)
+    assert state.clock.next_level_due_at == until
+
+
+def test_a_snooze_earlier_than_the_next_level_changes_nothing() -> None:
+    state = deal("Prospecting")
+    ladder.apply_snooze(state, MONDAY + timedelta(days=2))
+    assert ladder.level_due_at(state, 1) == MONDAY + timedelta(days=14)
 
 
 def test_acknowledged_ladder_stops_until_next_stage() -> None:

@@ -10,10 +10,16 @@ FORECAST = ["Pipeline", "Best Case", "Commit", "Closed", "Omitted"]
 def test_default_process_is_salesforces_standard_list() -> None:
     process = default_process()
     assert [(s.name, s.probability, s.forecast_category) for s in process.stages] == [
-        ("Prospecting", 10, "Pipeline"), ("Qualification", 10, "Pipeline"), ("Needs Analysis", 20, "Pipeline"),
-        ("Value Proposition", 50, "Pipeline"), ("Id. Decision Makers", 60, "Pipeline"),
-        ("Perception Analysis", 70, "Pipeline"), ("Proposal/Price Quote", 75, "Pipeline"),
-        ("Negotiation/Review", 90, "Pipeline"), ("Closed Won", 100, "Closed"), ("Closed Lost", 0, "Omitted"),
+        ("Prospecting", 10, "Pipeline"),
+        ("Qualification", 10, "Pipeline"),
+        ("Needs Analysis", 20, "Pipeline"),
+        ("Value Proposition", 50, "Pipeline"),
+        ("Id. Decision Makers", 60, "Pipeline"),
+        ("Perception Analysis", 70, "Pipeline"),
+        ("Proposal/Price Quote", 75, "Pipeline"),
+        ("Negotiation/Review", 90, "Pipeline"),
+        ("Closed Won", 100, "Closed"),
+        ("Closed Lost", 0, "Omitted"),
     ]
     assert process.won_stage.name == "Closed Won" and process.lost_stage.name == "Closed Lost"
 
@@ -62,6 +68,10 @@ def test_a_process_needs_won_and_lost_stages() -> None:
 
 
 def test_unknown_keys_are_refused() -> None:
-    text = BROKEN.replace("14 days", "14d").replace("140", "100").replace("name: Open", "name: Open\n    colour: red")
+    text = (
+        BROKEN.replace("14 days", "14d")
+        .replace("140", "100")
+        .replace("name: Open", "name: Open\n    colour: red")
+    )
     with pytest.raises(ProcessFileError, match="stages.0.colour: Extra inputs are not permitted"):
         parse_process_yaml(text)

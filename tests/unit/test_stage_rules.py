@@ -51,7 +51,9 @@ def test_proposal_needs_amount_and_decision_maker_to_enter() -> None:
 def test_closed_lost_needs_a_loss_reason_from_any_stage() -> None:
     refused = refusal(deal("Qualification"), move("Closed Lost"))
     assert (refused.rule, refused.missing) == ("entry_criteria", ["loss_reason"])
-    stage_rules.check_change_stage(deal("Qualification"), move("Closed Lost", fields={"loss_reason": "Price"}))
+    stage_rules.check_change_stage(
+        deal("Qualification"), move("Closed Lost", fields={"loss_reason": "Price"})
+    )
 
 
 def test_loss_reason_must_be_one_of_the_choices() -> None:
@@ -69,7 +71,9 @@ def test_skipping_needs_the_skipped_stages_requirements() -> None:
 
 
 def test_no_skipping_rule_can_be_overridden_by_a_manager_with_a_reason() -> None:
-    process = deal().process.model_copy(update={"rules": deal().process.rules.model_copy(update={"skip": "never"})})
+    process = deal().process.model_copy(
+        update={"rules": deal().process.rules.model_copy(update={"skip": "never"})}
+    )
     state = deal("Prospecting", process=process, fields={"budget": 1, "timeline": "Q2"})
     assert refusal(state, move("Needs Analysis")).rule == "no_skipping"
     assert refusal(state, move("Needs Analysis", actor=MANAGER)).rule == "no_skipping"
@@ -101,8 +105,13 @@ def test_unknown_and_same_stage_are_refused_with_names() -> None:
 @pytest.mark.parametrize(
     ("actor", "allowed"),
     [
-        (OWNER, True), (OTHER_REP, False), (MANAGER, True), (OTHER_MANAGER, False),
-        (ADMIN, True), (AUTOMATION, True), (Actor(id="se-1", role="sales_engineer"), False),
+        (OWNER, True),
+        (OTHER_REP, False),
+        (MANAGER, True),
+        (OTHER_MANAGER, False),
+        (ADMIN, True),
+        (AUTOMATION, True),
+        (Actor(id="se-1", role="sales_engineer"), False),
     ],
 )
 def test_who_may_move_the_deal(actor: Actor, allowed: bool) -> None:
@@ -130,28 +139,38 @@ def test_field_permissions_follow_the_process() -> None:
     from tests.unit.factories import MONDAY
 
     engineer = Actor(id="se-1", role="sales_engineer")
-    state = deal("Perception Analysis", team=[TeamMember(user_id="se-1", team_role="sales_engineer",
-                                                           added_at=MONDAY)])
-    stage_rules.check_update_fields(state, UpdateFields(request_id="r", actor=engineer,
-                                                        fields={"technical_fit": "good"}))
+    state = deal(
+        "Perception Analysis", team=[TeamMember(user_id="se-1", team_role="sales_engineer", added_at=MONDAY)]
+    )
+    stage_rules.check_update_fields(
+        state, UpdateFields(request_id="r", actor=engineer, fields={"technical_fit": "good"})
+    )
     with pytest.raises(CommandRefused, match="may not edit budget") as caught:
-        stage_rules.check_update_fields(state, UpdateFields(request_id="r", actor=engineer, fields={"budget": 5}))
+        stage_rules.check_update_fields(
+            state, UpdateFields(request_id="r", actor=engineer, fields={"budget": 5})
+        )
     assert caught.value.rule == "field_permissions"
 
 
 def test_money_fields_must_be_numbers() -> None:
     with pytest.raises(CommandRefused, match="field budget must be a money"):
-        stage_rules.check_update_fields(deal(), UpdateFields(request_id="r", actor=OWNER, fields={"budget": "lots"}))
+        stage_rules.check_update_fields(
+            deal(), UpdateFields(request_id="r", actor=OWNER, fields={"budget": "lots"})
+        )
 
 
 def test_reopen_is_for_managers_into_an_open_stage() -> None:
     lost = deal("Closed Lost")
-    stage_rules.check_reopen(lost, Reopen(request_id="r", actor=MANAGER, stage="Qualification", reason="back"))
+    stage_rules.check_reopen(
+        lost, Reopen(request_id="r", actor=MANAGER, stage="Qualification", reason="back")
+    )
     with pytest.raises(CommandRefused) as caught:
         stage_rules.check_reopen(lost, Reopen(request_id="r", actor=OWNER, stage="Qualification", reason="x"))
     assert caught.value.rule == "reopen_roles"
     with pytest.raises(CommandRefused) as caught:
-        stage_rules.check_reopen(deal(), Reopen(request_id="r", actor=MANAGER, stage="Qualification", reason="x"))
+        stage_rules.check_reopen(
+            deal(), Reopen(request_id="r", actor=MANAGER, stage="Qualification", reason="x")
+        )
     assert caught.value.rule == "not_closed"
 
 
@@ -162,7 +181,12 @@ def test_entering_a_stage_sets_probability_forecast_and_a_fresh_clock() -> None:
     state.clock.level = 2
     later = datetime(2026, 11, 12, 9, 0, tzinfo=UTC)
     stage_rules.apply_stage(state, "Closed Won", later)
-    assert (state.probability, state.forecast_category, state.is_closed, state.is_won) == (100, "Closed", True, True)
+    assert (state.probability, state.forecast_category, state.is_closed, state.is_won) == (
+        100,
+        "Closed",
+        True,
+        True,
+    )
     assert state.stage_entry_seq == 2
     assert state.clock.level == 0
     assert state.time_in_stage_seconds["Negotiation/Review"] == 10 * 86400

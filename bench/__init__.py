@@ -1,0 +1,1 @@
+"""Performance benchmark: oppflow against a bare Temporal baseline (python -m bench)."""

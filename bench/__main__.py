@@ -1,0 +1,91 @@
+"""``python -m bench [scenario ...] [sizes]``: oppflow against a bare Temporal baseline on
+one fresh dev server and Postgres, in alternating rounds; a table, then one JSON line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from typing import Any
+
+from bench.experiments import EXPERIMENTS
+from bench.report import json_line, machine, print_report
+from bench.scenarios import SCENARIOS, Sizes, start_shared_workers
+from bench.stack import bench_stack
+
+SHARED_WORKER_SCENARIOS = ("stage-changes", "creation", "storm")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = Sizes()
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "scenarios", nargs="*", choices=[*SCENARIOS, "all"], default=["all"],
+        help="which scenarios to run (default: all)",
+    )
+    parser.add_argument("--opportunities", type=int, default=defaults.opportunities,
+                        help="stage changes: deals (N)")
+    parser.add_argument("--changes", type=int, default=defaults.changes,
+                        help="stage changes: changes per deal (M)")
+    parser.add_argument("--callers", type=int, default=defaults.callers, help="concurrent callers (C)")
+    parser.add_argument("--rounds", type=int, default=defaults.rounds,
+                        help="alternating rounds for stage changes and creation")
+    parser.add_argument("--creations", type=int, default=defaults.creations, help="creation: deals per round")
+    parser.add_argument("--storm", type=int, default=defaults.storm,
+                        help="escalation storm: deals due in the same second")
+    parser.add_argument("--storm-rounds", type=int, default=defaults.storm_rounds)
+    parser.add_argument("--open-deals", type=int, default=defaults.open_deals,
+                        help="open deals held by one worker (e.g. 10000)")
+    parser.add_argument("--experiment", choices=sorted(EXPERIMENTS), default=None,
+                        help="run a measured variant of OpportunityWorkflow instead of the real one")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
+    args = parser.parse_args(argv)
+    if "all" in args.scenarios:
+        args.scenarios = list(SCENARIOS)
+    return args
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    return Sizes(
+        opportunities=args.opportunities,
+        changes=args.changes,
+        callers=args.callers,
+        rounds=args.rounds,
+        creations=args.creations,
+        storm=args.storm,
+        storm_rounds=args.storm_rounds,
+        open_deals=args.open_deals,
+        experiment=args.experiment,
+    )
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def run(scenarios: list[str], sizes: Sizes, keep: bool = False) -> dict[str, Any]:
+    results: dict[str, Any] = {"sizes": vars(sizes), "scenarios": {}}
+    async with bench_stack(keep=keep) as stack:
+        progress(f"stack up: Temporal {stack.address}, data in {stack.workdir}")
+        if any(s in SHARED_WORKER_SCENARIOS for s in scenarios):
+            await start_shared_workers(stack, sizes)
+        for name in scenarios:
+            progress(f"{name} ...")
+            began = time.perf_counter()
+            results["scenarios"][name] = await SCENARIOS[name](stack, sizes)
+            results["scenarios"][name]["scenario_seconds"] = round(time.perf_counter() - began, 1)
+            progress(f"{name} done in {time.perf_counter() - began:.0f}s")
+    results["machine"] = machine()
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    results = asyncio.run(run(args.scenarios, sizes_from(args), keep=args.keep))
+    print_report(results)
+    print(json_line(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()

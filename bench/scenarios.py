@@ -1,0 +1,354 @@
+"""The four benchmark scenarios. Each runs oppflow and the bare baseline on the same
+server in alternating rounds (baseline, oppflow, baseline, oppflow, ...) and answers a
+dict of figures, ratios and whether the issue's targets were met."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bench.baseline import BARE_WORKFLOW, BareInput
+from bench.clients import LeanClient, TimedClient
+from bench.measure import Sample, percentile, poll_until, pooled, timed_calls, timed_sequences
+from bench.processes import STAGES_PROCESS, STORM_PROCESS, stage_name, stages_process, storm_process
+from bench.stack import Stack, owner_id, rep
+from bench.worker_process import WorkerProcess
+from starter import processes
+from starter.client import OpportunityClient
+
+OPPFLOW_QUEUE = "bench-oppflow"
+BARE_QUEUE = "bench-bare"
+MIB = 1024 * 1024
+
+
+@dataclass
+class Sizes:
+    opportunities: int = 200
+    changes: int = 5
+    callers: int = 50
+    rounds: int = 2
+    creations: int = 200
+    storm: int = 1000
+    storm_rounds: int = 1
+    open_deals: int = 2000
+    experiment: str | None = None
+
+
+def _tag() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else 0.0
+
+
+# -- 1. stage changes ----------------------------------------------------------------------------
+
+
+async def _bare_deals(stack: Stack, ids: list[str], callers: int, due_at: datetime | None = None) -> Sample:
+    async def start(deal_id: str) -> None:
+        await stack.client.start_workflow(
+            BARE_WORKFLOW,
+            BareInput(deal_id=deal_id, stage=stage_name(0), due_at=due_at),
+            id=deal_id,
+            task_queue=BARE_QUEUE,
+        )
+
+    return await timed_calls(ids, callers, start)
+
+
+async def _create_opps(client: OpportunityClient, ids: list[str], callers: int, **extra: Any) -> Sample:
+    async def create(opp_id: str) -> None:
+        index = int(opp_id.rsplit("-", 1)[1])
+        await client.create(
+            actor=rep(index),
+            name=f"Deal {opp_id}",
+            account=f"Account {index % 97}",
+            owner_id=owner_id(index),
+            opportunity_id=opp_id,
+            amount="25000",
+            **extra,
+        )
+
+    return await timed_calls(ids, callers, create)
+
+
+async def _warm(stack: Stack, workflow_ids: list[str], callers: int) -> Sample:
+    """Query each deal once, so its first task has run and it is in the worker's cache."""
+    return await timed_calls(workflow_ids, callers, lambda wf: stack.client.get_workflow_handle(wf).query("get_state"))
+
+
+async def _count(stack: Stack, sql: str, ids: list[str]) -> int:
+    return int(await stack.pool.fetchval(sql, ids))
+
+
+async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
+    n, m, c = sizes.opportunities, sizes.changes, sizes.callers
+    await processes.publish(stack.pool, stages_process(m), "bench")
+    client = OpportunityClient(stack.client, stack.pool, OPPFLOW_QUEUE)
+    samples: dict[str, list[Sample]] = {"bare update": [], "bare update + LA insert": [], "oppflow": []}
+    persisted_ok = True
+    for _ in range(sizes.rounds):
+        for variant, update in (("bare update", "set_stage"), ("bare update + LA insert", "set_stage_saved")):
+            ids = [f"bare-{_tag()}-{i}" for i in range(n)]
+            await _bare_deals(stack, ids, c)
+            await _warm(stack, ids, c)
+
+            async def bare_move(deal_id: str, step: int, update: str = update) -> None:
+                request_id = uuid.uuid4().hex
+                await stack.client.get_workflow_handle(deal_id).execute_update(
+                    update, {"stage": stage_name(step + 1), "request_id": request_id}, id=request_id
+                )
+
+            samples[variant].append(await timed_sequences(ids, m, c, bare_move))
+
+        tag = _tag()
+        opp_ids = [f"chg-{tag}-{i}" for i in range(n)]
+        await _create_opps(client, opp_ids, c, process_name=STAGES_PROCESS)
+        await _warm(stack, [f"opportunity-{o}" for o in opp_ids], c)
+
+        async def move(opp_id: str, step: int) -> None:
+            index = int(opp_id.rsplit("-", 1)[1])
+            await client.change_stage(opp_id, actor=rep(index), stage=stage_name(step + 1))
+
+        samples["oppflow"].append(await timed_sequences(opp_ids, m, c, move))
+        rows = await _count(stack, "SELECT count(*) FROM stage_history WHERE opportunity_id = ANY($1)", opp_ids)
+        persisted_ok &= rows == n * (m + 1)
+
+    figures = {name: pooled(s).summary() for name, s in samples.items()}
+    rounds = {name: [s.summary() for s in runs] for name, runs in samples.items()}
+    bare, ours = figures["bare update"], figures["oppflow"]
+    ratios = {
+        "throughput_vs_bare": _ratio(ours["per_s"], bare["per_s"]),
+        "p99_vs_bare": _ratio(ours["p99_ms"], bare["p99_ms"]),
+        "throughput_vs_bare_la": _ratio(ours["per_s"], figures["bare update + LA insert"]["per_s"]),
+    }
+    return {
+        "sizes": {"opportunities": n, "changes_each": m, "callers": c, "rounds": sizes.rounds},
+        "figures": figures,
+        "rounds": rounds,
+        "ratios": ratios,
+        "all_rows_in_postgres_when_answered": persisted_ok,
+        "targets": {
+            "throughput >= 0.8x bare update": ratios["throughput_vs_bare"] >= 0.8,
+            "p99 <= 2x bare update": ratios["p99_vs_bare"] <= 2.0,
+        },
+    }
+
+
+# -- 2. creation ---------------------------------------------------------------------------------
+
+
+async def creation(stack: Stack, sizes: Sizes) -> dict[str, Any]:
+    n, c = sizes.creations, sizes.callers
+    timed = TimedClient(stack.client, stack.pool, OPPFLOW_QUEUE)
+    lean = LeanClient(stack.client, stack.pool, OPPFLOW_QUEUE)
+    samples: dict[str, list[Sample]] = {"bare start": [], "oppflow": [], "oppflow lean (proposed)": []}
+    saved_after: list[float] = []
+    for _ in range(sizes.rounds):
+        ids = [f"bare-new-{_tag()}-{i}" for i in range(n)]
+        samples["bare start"].append(await _bare_deals(stack, ids, c))
+        for variant, client in (("oppflow", timed), ("oppflow lean (proposed)", lean)):
+            opp_ids = [f"new-{_tag()}-{i}" for i in range(n)]
+            began = time.perf_counter()
+            samples[variant].append(await _create_opps(client, opp_ids, c))
+            if variant == "oppflow":
+                await poll_until(
+                    lambda ids=opp_ids: _rows_at_least(stack, ids, n), timeout=120, interval=0.05
+                )
+                saved_after.append(time.perf_counter() - began)
+
+    figures = {name: pooled(s).summary() for name, s in samples.items()}
+    bare, ours, leaner = figures["bare start"], figures["oppflow"], figures["oppflow lean (proposed)"]
+    ratios = {
+        "throughput_vs_bare": _ratio(ours["per_s"], bare["per_s"]),
+        "lean_throughput_vs_bare": _ratio(leaner["per_s"], bare["per_s"]),
+    }
+    return {
+        "sizes": {"opportunities": n, "callers": c, "rounds": sizes.rounds},
+        "figures": figures,
+        "rounds": {name: [s.summary() for s in runs] for name, runs in samples.items()},
+        "oppflow_all_rows_saved_s": [round(s, 2) for s in saved_after],
+        "oppflow_step_mean_ms": timed.steps.mean_ms(),
+        "ratios": ratios,
+        "targets": {"throughput >= 0.8x bare start": ratios["throughput_vs_bare"] >= 0.8},
+    }
+
+
+async def _rows_at_least(stack: Stack, ids: list[str], n: int) -> bool:
+    return await _count(stack, "SELECT count(*) FROM opportunities WHERE id = ANY($1)", ids) >= n
+
+
+# -- 3. escalation storm -------------------------------------------------------------------------
+
+
+def _storm_figures(rows: list[Any], due: datetime, n: int, created_s: float) -> dict[str, Any]:
+    inserted = [(r["inserted_at"] - due).total_seconds() for r in rows]
+    fired = [(r["fired_at"] - due).total_seconds() for r in rows]
+    drain = max(inserted, default=0.0)
+    return {
+        "deals": n,
+        "rows": len(rows),
+        "created_in_s": round(created_s, 1),
+        "all_rows_after_due_s": round(drain, 2),
+        "drain_per_s": round(len(rows) / drain, 1) if drain > 0 else 0.0,
+        "row_lateness_p50_ms": round(percentile(inserted, 50) * 1000),
+        "row_lateness_p99_ms": round(percentile(inserted, 99) * 1000),
+        "fired_lateness_p50_ms": round(percentile(fired, 50) * 1000),
+        "fired_lateness_p99_ms": round(percentile(fired, 99) * 1000),
+    }
+
+
+async def _storm_round(stack: Stack, sizes: Sizes, kind: str) -> dict[str, Any]:
+    n, c = sizes.storm, sizes.callers
+    # Every deal is due at the same second, after all of them had time to be created.
+    stuck = max(30, math.ceil(n / 25) + 5)
+    due = (datetime.now(UTC) + timedelta(seconds=stuck)).replace(microsecond=0)
+    tag = _tag()
+    began = time.perf_counter()
+    if kind == "bare":
+        ids = [f"bare-storm-{tag}-{i}" for i in range(n)]
+        await _bare_deals(stack, ids, c, due_at=due)
+        sql = (
+            "SELECT due_at, fired_at, inserted_at FROM bench_bare_escalations WHERE deal_id = ANY($1)"
+        )
+    else:
+        await processes.publish(stack.pool, storm_process(stuck), "bench")
+        client = OpportunityClient(stack.client, stack.pool, OPPFLOW_QUEUE)
+        ids = [f"storm-{tag}-{i}" for i in range(n)]
+        await _create_opps(
+            client, ids, c, process_name=STORM_PROCESS, stage_entered_at=due - timedelta(seconds=stuck)
+        )
+        sql = (
+            "SELECT due_at, fired_at, updated_at AS inserted_at FROM escalations "
+            "WHERE opportunity_id = ANY($1) AND level = 1"
+        )
+    created_s = time.perf_counter() - began
+    wait = (due - datetime.now(UTC)).total_seconds() + 600
+    await poll_until(lambda: _count_rows(stack, sql, ids, n), timeout=wait, interval=0.25)
+    rows = await stack.pool.fetch(sql, ids)
+    figures = _storm_figures(rows, due, n, created_s)
+    figures["created_after_due"] = created_s > stuck
+    return figures
+
+
+async def _count_rows(stack: Stack, sql: str, ids: list[str], n: int) -> bool:
+    return len(await stack.pool.fetch(sql, ids)) >= n
+
+
+async def escalation_storm(stack: Stack, sizes: Sizes) -> dict[str, Any]:
+    rounds: dict[str, list[dict[str, Any]]] = {"timer + activity": [], "oppflow": []}
+    for _ in range(sizes.storm_rounds):
+        rounds["timer + activity"].append(await _storm_round(stack, sizes, "bare"))
+        rounds["oppflow"].append(await _storm_round(stack, sizes, "oppflow"))
+    figures = {name: _best_of(runs) for name, runs in rounds.items()}
+    drain = _ratio(figures["oppflow"]["drain_per_s"], figures["timer + activity"]["drain_per_s"])
+    return {
+        "sizes": {"deals": sizes.storm, "rounds": sizes.storm_rounds},
+        "figures": figures,
+        "rounds": rounds,
+        "ratios": {"drain_rate_vs_baseline": drain},
+        "targets": {"drain rate >= 0.8x baseline": drain >= 0.8},
+    }
+
+
+def _best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median round by drain rate (the only round when there is one)."""
+    ordered = sorted(runs, key=lambda r: r["drain_per_s"])
+    return ordered[len(ordered) // 2]
+
+
+# -- 4. many open deals --------------------------------------------------------------------------
+
+
+async def _open_deals_variant(stack: Stack, sizes: Sizes, kind: str) -> dict[str, Any]:
+    k, c = sizes.open_deals, sizes.callers
+    queue = f"bench-open-{kind}-{_tag()}"
+    worker_kind = "baseline" if kind == "bare" else "oppflow"
+    max_cached = k + 500
+
+    worker = await stack.start_worker(worker_kind, queue, max_cached=max_cached, experiment=sizes.experiment)
+    idle_rss = worker.rss_bytes()
+    tag = _tag()
+    if kind == "bare":
+        wf_ids = [f"bare-open-{tag}-{i}" for i in range(k)]
+
+        async def start(deal_id: str) -> None:
+            await stack.client.start_workflow(
+                BARE_WORKFLOW, BareInput(deal_id=deal_id, stage="Prospecting"), id=deal_id, task_queue=queue
+            )
+
+        created = await timed_calls(wf_ids, c, start)
+    else:
+        client = OpportunityClient(stack.client, stack.pool, queue)
+        opp_ids = [f"open-{tag}-{i}" for i in range(k)]
+        created = await _create_opps(client, opp_ids, c)
+        wf_ids = [f"opportunity-{o}" for o in opp_ids]
+    first_pass = await _warm(stack, wf_ids, c)
+    loaded_rss = worker.rss_bytes()
+
+    await stack.stop_worker(worker)
+    began = time.perf_counter()
+    worker = await stack.start_worker(worker_kind, queue, max_cached=max_cached, experiment=sizes.experiment)
+    started_s = time.perf_counter() - began
+    cold = await _warm(stack, random.sample(wf_ids, len(wf_ids)), c)
+    cold_rss = worker.rss_bytes()
+    warm = await _warm(stack, random.sample(wf_ids, len(wf_ids)), c)
+    warm_rss = worker.rss_bytes()
+    await stack.stop_worker(worker)
+    return {
+        "deals": k,
+        "max_cached_workflows": max_cached,
+        "created": created.summary(),
+        "query_after_create": first_pass.summary(),
+        "rss_idle_mib": round(idle_rss / MIB, 1),
+        "rss_loaded_mib": round(loaded_rss / MIB, 1),
+        "rss_after_restart_all_served_mib": round(cold_rss / MIB, 1),
+        "rss_warm_mib": round(warm_rss / MIB, 1),
+        "kib_per_deal": round((warm_rss - idle_rss) / k / 1024, 1),
+        "restart_worker_ready_s": round(started_s, 2),
+        "restart_serve_all_s": round(cold.seconds, 2),
+        "cold_get_state": cold.summary(),
+        "warm_get_state": warm.summary(),
+    }
+
+
+async def open_deals(stack: Stack, sizes: Sizes) -> dict[str, Any]:
+    bare = await _open_deals_variant(stack, sizes, "bare")
+    ours = await _open_deals_variant(stack, sizes, "oppflow")
+    rss_mib = ours["rss_warm_mib"]
+    warm_p99 = ours["warm_get_state"]["p99_ms"]
+    return {
+        "sizes": {"deals": sizes.open_deals, "callers": sizes.callers},
+        "figures": {"bare entity": bare, "oppflow": ours},
+        "ratios": {
+            "rss_vs_bare": _ratio(ours["rss_warm_mib"], bare["rss_warm_mib"]),
+            "warm_p99_vs_bare": _ratio(warm_p99, bare["warm_get_state"]["p99_ms"]),
+            "restart_serve_all_vs_bare": _ratio(ours["restart_serve_all_s"], bare["restart_serve_all_s"]),
+        },
+        "targets": {
+            "worker RSS <= 1 GiB": rss_mib <= 1024,
+            "warm get_state p99 < 100 ms": warm_p99 < 100,
+        },
+    }
+
+
+async def start_shared_workers(stack: Stack, sizes: Sizes) -> list[WorkerProcess]:
+    """One oppflow and one bare worker, each in its own process, for scenarios 1-3."""
+    return [
+        await stack.start_worker("oppflow", OPPFLOW_QUEUE, experiment=sizes.experiment),
+        await stack.start_worker("baseline", BARE_QUEUE),
+    ]
+
+
+SCENARIOS = {
+    "stage-changes": stage_changes,
+    "creation": creation,
+    "storm": escalation_storm,
+    "open-deals": open_deals,
+}

@@ -1,0 +1,109 @@
+"""The benchmark's own stack: a Temporal dev server with the same settings as
+``oppflow dev`` (SQLite file in WAL mode, synchronous=normal) on free ports, an embedded
+Postgres with oppflow's migrations, an org chart, and a worker process per kind."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from bench.baseline import CREATE_TABLES
+from bench.worker_process import WorkerProcess, WorkerSpec
+from db.migrate import upgrade
+from db.pool import create_pool
+from sales.messages import Actor
+from starter.org_chart import Person, import_people
+from starter.ports import free_port
+from starter.postgres import start_embedded_postgres
+from starter.temporal_server import DevServerOptions, start_dev_server
+
+OWNERS = 20
+MANAGER = "bench-mgr"
+
+
+def owner_id(index: int) -> str:
+    return f"bench-rep-{index % OWNERS}"
+
+
+def org_chart() -> list[Person]:
+    people = [
+        Person(id="bench-vp", name="Bench VP", email="vp@bench.example", roles=["manager"]),
+        Person(id=MANAGER, name="Bench Manager", email="mgr@bench.example", manager_id="bench-vp",
+               roles=["manager"]),
+    ]
+    for i in range(OWNERS):
+        people.append(
+            Person(id=owner_id(i), name=f"Bench Rep {i}", email=f"rep{i}@bench.example", manager_id=MANAGER,
+                   roles=["rep"])
+        )
+    return people
+
+
+def rep(index: int) -> Actor:
+    return Actor(id=owner_id(index), role="rep")
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    address: str
+    database_url: str
+    client: Client
+    pool: asyncpg.Pool
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    async def start_worker(self, kind: str, task_queue: str, *, max_cached: int = 1000,
+                           experiment: str | None = None) -> WorkerProcess:
+        spec = WorkerSpec(kind, self.address, self.database_url, task_queue, max_cached, experiment)
+        process = WorkerProcess(spec, self.workdir / f"worker-{kind}.log")
+        await process.start()
+        self.workers.append(process)
+        return process
+
+    async def stop_worker(self, process: WorkerProcess) -> None:
+        await process.stop()
+        if process in self.workers:
+            self.workers.remove(process)
+
+
+@asynccontextmanager
+async def bench_stack(keep: bool = False) -> AsyncIterator[Stack]:
+    """Everything in a fresh temporary directory, removed afterwards unless ``keep``."""
+    workdir = Path(tempfile.mkdtemp(prefix="oppflow-bench-"))
+    async with AsyncExitStack() as exits:
+        if not keep:
+            exits.callback(shutil.rmtree, workdir, ignore_errors=True)
+        database = await asyncio.to_thread(start_embedded_postgres, workdir / "pgdata")
+        exits.push_async_callback(asyncio.to_thread, database.stop)
+        await asyncio.to_thread(upgrade, database.url)
+
+        options = DevServerOptions(
+            port=free_port(),
+            db_filename=workdir / "temporal.db",
+            headless=True,
+            log_file=workdir / "temporal.log",
+        )
+        server = await start_dev_server(options)
+        exits.push_async_callback(server.astop)
+
+        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        pool = await create_pool(database.url, min_size=2, max_size=20)
+        exits.push_async_callback(pool.close)
+        await pool.execute(CREATE_TABLES)
+        await import_people(pool, org_chart())
+
+        stack = Stack(workdir, server.address, database.url, client, pool)
+        try:
+            yield stack
+        finally:
+            for process in list(stack.workers):
+                await stack.stop_worker(process)

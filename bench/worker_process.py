@@ -1,0 +1,132 @@
+"""One worker in its own process, so its memory (RSS) is its own and a restart is real.
+
+``python -m bench.worker_process --kind oppflow|baseline ...`` prints ``ready`` once it
+polls, and stops gracefully on SIGTERM. ``WorkerProcess`` starts and watches one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+READY = "ready"
+
+
+@dataclass
+class WorkerSpec:
+    kind: str  # "oppflow" or "baseline"
+    address: str
+    database_url: str
+    task_queue: str
+    max_cached_workflows: int = 1000
+    experiment: str | None = None
+
+    def argv(self) -> list[str]:
+        args = [sys.executable, "-m", "bench.worker_process", "--kind", self.kind]
+        args += ["--address", self.address, "--database-url", self.database_url]
+        args += ["--task-queue", self.task_queue, "--max-cached", str(self.max_cached_workflows)]
+        if self.experiment:
+            args += ["--experiment", self.experiment]
+        return args
+
+
+class WorkerProcess:
+    def __init__(self, spec: WorkerSpec, log_file: Path) -> None:
+        self.spec = spec
+        self.log_file = log_file
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self, timeout: float = 60.0) -> float:  # noqa: ASYNC109
+        """Start and wait until it polls; answer the seconds that took."""
+        began = time.perf_counter()
+        env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        env.setdefault("OPPFLOW_LOG_LEVEL", "WARNING")
+        with open(self.log_file, "ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.spec.argv(), cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=log
+            )
+        assert self.process.stdout is not None
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
+        except TimeoutError:
+            await self.stop()
+            raise RuntimeError(f"{self.spec.kind} worker not ready after {timeout:g}s; see {self.log_file}")
+        if line.decode().strip() != READY:
+            await self.stop()
+            raise RuntimeError(f"{self.spec.kind} worker failed to start; see {self.log_file}")
+        return time.perf_counter() - began
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def rss_bytes(self) -> int:
+        return psutil.Process(self.pid).memory_info().rss
+
+    async def stop(self, grace: float = 20.0) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), grace)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from db.pool import create_pool
+    from starter.settings import Settings
+
+    client = await Client.connect(args.address, data_converter=pydantic_data_converter)
+    settings = Settings(task_queue=args.task_queue, database_url=args.database_url)
+    pool = await create_pool(args.database_url, settings.db_pool_min, settings.db_pool_max)
+    options = {"max_cached_workflows": args.max_cached}
+    if args.kind == "oppflow":
+        from bench.experiments import oppflow_worker
+
+        worker, background = oppflow_worker(client, pool, settings, args.experiment, **options)
+    else:
+        from bench.baseline import build_baseline_worker
+
+        worker, background = build_baseline_worker(client, pool, args.task_queue, **options), None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        async with worker:
+            print(READY, flush=True)
+            await stop.wait()
+    finally:
+        if background is not None:
+            background.cancel()
+        await pool.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker_process")
+    parser.add_argument("--kind", choices=["oppflow", "baseline"], required=True)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--task-queue", required=True)
+    parser.add_argument("--max-cached", type=int, default=1000)
+    parser.add_argument("--experiment", default=None)
+    asyncio.run(_serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
