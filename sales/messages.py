@@ -152,6 +152,12 @@ class HandoffDone(Command):
     note: Text | None = None
 
 
+class HandoffDecision(Command):
+    """The assignee (or a manager or admin) completes or declines a hand-off."""
+
+    note: Text | None = None
+
+
 class RecordActivity(Command):
     kind: Identifier
     subject: Text | None = None

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from sales.messages import CommandResult, CreateOpportunity
-from sales.process import SalesProcess
+from sales.process import HandoffDefinition, SalesProcess
 
 # How many request ids (and their answers) an opportunity remembers for de-duplication.
 REMEMBERED_REQUESTS = 1_000
@@ -135,3 +135,16 @@ class OpportunityInput(BaseModel):
     process: SalesProcess | None = None
     owner_managers: list[str] = Field(default_factory=list)
     state: OpportunityState | None = None
+
+
+class HandoffInput(BaseModel):
+    """A hand-off workflow's single argument."""
+
+    handoff: Handoff
+    spec: HandoffDefinition
+    opportunity_id: str
+    opportunity_name: str
+    account: str
+    owner_id: str
+    holidays: list[date] = Field(default_factory=list)
+    level: int = 0

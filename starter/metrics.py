@@ -30,8 +30,12 @@ STAGE_CHANGES = Counter(
     "Stage changes written to Postgres (creation included), by stage entered and stage left",
     ["stage", "from_stage"],
 )
-REFUSALS = Counter("oppflow_commands_refused", "Commands refused by a rule, by rule and command", ["rule", "command"])
-ESCALATIONS = Counter("oppflow_escalations", "Escalation levels fired, by level and recipient kind", ["level", "notify"])
+REFUSALS = Counter(
+    "oppflow_commands_refused", "Commands refused by a rule, by rule and command", ["rule", "command"]
+)
+ESCALATIONS = Counter(
+    "oppflow_escalations", "Escalation levels fired, by level and recipient kind", ["level", "notify"]
+)
 WEBHOOK_FAILURES = Counter(
     "oppflow_webhook_failures", "Failed webhook delivery attempts, by endpoint", ["endpoint"]
 )

@@ -29,7 +29,14 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from temporalio import activity, workflow
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -140,6 +147,7 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    logging.captureWarnings(True)
     return handler
 
 
@@ -169,7 +177,9 @@ class _ActivityContext(ActivityInboundInterceptor):
         arg = _first_arg(input.args)
         opportunity_id = _opportunity_id_of(arg) or opportunity_id_from_workflow_id(info.workflow_id)
         started = time.monotonic()
-        with bind(workflow_id=info.workflow_id, opportunity_id=opportunity_id, request_id=_request_id_of(arg)):
+        with bind(
+            workflow_id=info.workflow_id, opportunity_id=opportunity_id, request_id=_request_id_of(arg)
+        ):
             result = await super().execute_activity(input)
             log.debug(
                 "activity %s done in %.1f ms (attempt %d)",
@@ -282,15 +292,22 @@ def _free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def install_sdk_metrics() -> str:
-    """Make the Temporal SDK export Prometheus metrics on a loopback port and re-expose them on
-    this process's ``/metrics``. Call before the first client connects (it sets the default
-    runtime). Answers the SDK's own metrics URL."""
-    address = f"127.0.0.1:{_free_loopback_port()}"
-    runtime = Runtime(
-        telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address, counters_total_suffix=True))
+def install_runtime(*, sdk_metrics: bool) -> str | None:
+    """Set this process's Temporal runtime (call before the first client connects): the SDK
+    core's own log lines go through Python logging (so they are JSON too), and with
+    ``sdk_metrics`` the SDK exports Prometheus metrics on a loopback port that this
+    process's ``/metrics`` re-exposes. Answers the SDK's own metrics URL, if any."""
+    address = f"127.0.0.1:{_free_loopback_port()}" if sdk_metrics else None
+    telemetry = TelemetryConfig(
+        logging=LoggingConfig(
+            filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+            forwarding=LogForwardingConfig(logger=logging.getLogger("temporalio.core")),
+        ),
+        metrics=PrometheusConfig(bind_address=address, counters_total_suffix=True) if address else None,
     )
-    Runtime.set_default(runtime, error_if_already_set=False)
+    Runtime.set_default(Runtime(telemetry=telemetry), error_if_already_set=False)
+    if address is None:
+        return None
     url = f"http://{address}/metrics"
     metrics.add_sdk_metrics(url)
     return url
@@ -299,8 +316,8 @@ def install_sdk_metrics() -> str:
 def setup_worker_process(metrics_port: int | None) -> None:
     """Logging for a worker process and, with a port, its ``/metrics`` endpoint."""
     configure_logging()
+    install_runtime(sdk_metrics=bool(metrics_port))
     if metrics_port:
-        install_sdk_metrics()
         metrics.serve_metrics(metrics_port)
         logging.getLogger("oppflow.worker").info("metrics on :%d/metrics", metrics_port)
 
@@ -308,7 +325,7 @@ def setup_worker_process(metrics_port: int | None) -> None:
 def setup_api_process() -> None:
     """Logging for the HTTP API process; mount ``starter.metrics.metrics_app()`` for ``/metrics``."""
     configure_logging()
-    install_sdk_metrics()
+    install_runtime(sdk_metrics=True)
 
 
 # -- HTTP requests --------------------------------------------------------------------------------------
@@ -319,9 +336,12 @@ class RequestContext:
     else a new one) and the opportunity id in ``/opportunities/{id}...`` paths for every log
     line of the request, and opens a server span when tracing is on."""
 
-    def __init__(self, app: Any, settings: ObservabilitySettings | None = None) -> None:
+    def __init__(
+        self, app: Any, settings: ObservabilitySettings | None = None, provider: TracerProvider | None = None
+    ) -> None:
         self.app = app
-        self.tracing = (settings or ObservabilitySettings()).otel
+        self.tracing = provider is not None or (settings or ObservabilitySettings()).otel
+        self.provider = provider
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -335,7 +355,7 @@ class RequestContext:
         if self.tracing:
             from opentelemetry.trace import SpanKind
 
-            tracer = tracer_provider().get_tracer("oppflow.api")
+            tracer = (self.provider or tracer_provider()).get_tracer("oppflow.api")
             span = tracer.start_as_current_span(f"{scope['method']} {scope['path']}", kind=SpanKind.SERVER)
         with bind(request_id=request_id, opportunity_id=opportunity_id), span:
             await self.app(scope, receive, send)

@@ -406,18 +406,21 @@ async def test_the_manager_inbox_lists_escalations_and_acts_on_them(
         f"/opportunities/{opp}/escalation/acknowledge", json={}, headers=auth(app, "rep")
     )
     assert (refused.status_code, refused.json()["rule"]) == (403, "escalation_roles")
-    acked = await http.post(
-        f"/opportunities/{opp}/escalation/acknowledge", json={"note": "on it"}, headers=mgr
-    )
-    assert acked.status_code == 200, acked.text
     until = (datetime.now(UTC) + timedelta(days=2)).isoformat()
     snoozed = await http.post(f"/opportunities/{opp}/escalation/snooze", json={"until": until}, headers=mgr)
     assert snoozed.status_code == 200, snoozed.text
     await assert_eq_eventually([(2, app.team.id("mgr"), "snoozed")], lambda: fetch_escalations(app, opp))
-    snoozed_inbox = (
-        await http.get(f"/escalations?recipient_id={app.team.id('mgr')}&status=snoozed", headers=mgr)
-    ).json()
-    assert [e["opportunity_id"] for e in snoozed_inbox] == [opp]
+
+    async def inbox_of(status: str) -> list[str]:
+        query = f"recipient_id={app.team.id('mgr')}&status={status}"
+        return [e["opportunity_id"] for e in (await http.get(f"/escalations?{query}", headers=mgr)).json()]
+
+    assert (await inbox_of("snoozed"), await inbox_of("open")) == ([opp], [])
+    acked = await http.post(
+        f"/opportunities/{opp}/escalation/acknowledge", json={"note": "on it"}, headers=mgr
+    )
+    assert acked.status_code == 200, acked.text
+    await assert_eq_eventually([opp], lambda: inbox_of("acknowledged"))
 
 
 async def test_an_action_link_works_once_as_its_recipient(http: httpx.AsyncClient, app: App) -> None:

@@ -47,15 +47,21 @@ async def test_two_worker_processes_share_the_queue_and_survive_one_stopping(
     client = OpportunityClient(temporal_env.client, db_pool, queue)
     rep = team.actor("rep")
 
-    async with worker_process(env, tmp_path, "worker-a") as a, worker_process(env, tmp_path, "worker-b") as b:
+    with worker_process(env, tmp_path, "worker-a") as a, worker_process(env, tmp_path, "worker-b") as b:
         pollers = await wait_for_pollers(temporal_env.client, queue, 2)
         identity = {w: next(p for p in pollers if p.startswith(w.identity)) for w in (a, b)}
 
         opps = [f"opp-{uuid.uuid4().hex[:10]}" for _ in range(DEALS)]
         await asyncio.gather(
             *(
-                client.create(actor=rep, name=f"Deal {n}", account="Acme", owner_id=team.id("rep"),
-                              opportunity_id=opp, amount="1000")
+                client.create(
+                    actor=rep,
+                    name=f"Deal {n}",
+                    account="Acme",
+                    owner_id=team.id("rep"),
+                    opportunity_id=opp,
+                    amount="1000",
+                )
                 for n, opp in enumerate(opps)
             )
         )
@@ -85,7 +91,8 @@ async def test_two_worker_processes_share_the_queue_and_survive_one_stopping(
 
         async def saved() -> int:
             return await db_pool.fetchval(
-                "SELECT count(*) FROM opportunities WHERE id = ANY($1::text[]) AND fields->>'next_step' = 'demo'",
+                "SELECT count(*) FROM opportunities WHERE id = ANY($1::text[]) "
+                "AND fields->>'next_step' = 'demo'",
                 opps,
             )
 

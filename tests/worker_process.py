@@ -8,8 +8,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +32,19 @@ def clean_env(**settings: str) -> dict[str, str]:
     return env
 
 
-async def run_oppflow(args: list[str], env: Mapping[str, str], cwd: Path, timeout: float = 60) -> tuple[int, str]:
+async def run_oppflow(
+    args: list[str], env: Mapping[str, str], cwd: Path, within: float = 60
+) -> tuple[int, str]:
     """Run one `oppflow` command to its end; answer its exit code and combined output."""
     process = await asyncio.create_subprocess_exec(
-        oppflow_binary(), *args, env=dict(env), cwd=cwd,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        oppflow_binary(),
+        *args,
+        env=dict(env),
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    output, _ = await asyncio.wait_for(process.communicate(), within)
     return process.returncode or 0, output.decode()
 
 
@@ -65,12 +71,16 @@ class WorkerProcess:
                 self.process.wait()
 
 
-@asynccontextmanager
-async def worker_process(env: Mapping[str, str], cwd: Path, name: str = "worker") -> AsyncIterator[WorkerProcess]:
+@contextmanager
+def worker_process(env: Mapping[str, str], cwd: Path, name: str = "worker") -> Iterator[WorkerProcess]:
     log_path = cwd / f"{name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [oppflow_binary(), "worker"], env=dict(env), cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+            [oppflow_binary(), "worker"],
+            env=dict(env),
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
     worker = WorkerProcess(process, log_path)
@@ -80,13 +90,13 @@ async def worker_process(env: Mapping[str, str], cwd: Path, name: str = "worker"
         worker.stop(signal.SIGKILL)
 
 
-async def wait_for_pollers(client: Client, task_queue: str, count: int, timeout: float = 30) -> list[str]:
+async def wait_for_pollers(client: Client, task_queue: str, count: int, within: float = 30) -> list[str]:
     """Until `count` distinct worker identities poll the queue's workflow tasks; answer them."""
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     identities: list[str] = []
     while asyncio.get_running_loop().time() < deadline:
         response = await client.workflow_service.describe_task_queue(

@@ -8,37 +8,20 @@ stage's exit criteria.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, Field
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.persistence import OpportunityStore
     from sales.durations import add_duration, parse_duration
-    from sales.messages import Command, HandoffDone, Text
-    from sales.process import HandoffDefinition
+    from sales.messages import HandoffDecision, HandoffDone
     from sales.records import Notification, RecordEscalation
-    from sales.state import Handoff
+    from sales.state import HandoffInput
     from workflows.notification import NotificationWorkflow, notify_once
     from workflows.retries import DB_WRITE
-
-
-class HandoffInput(BaseModel):
-    handoff: Handoff
-    spec: HandoffDefinition
-    opportunity_id: str
-    opportunity_name: str
-    account: str
-    owner_id: str
-    holidays: list[date] = Field(default_factory=list)
-    level: int = 0
-
-
-class HandoffDecision(Command):
-    note: Text | None = None
 
 
 @workflow.defn(name="HandoffWorkflow")

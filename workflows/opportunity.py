@@ -60,13 +60,14 @@ with workflow.unsafe.imports_passed_through():
         RECENT_EVENTS,
         ActivityNote,
         Handoff,
+        HandoffInput,
         OpportunityInput,
         OpportunityState,
         Refusal,
         TeamMember,
     )
     from workflows import deal_card, search_attributes
-    from workflows.handoff import HandoffInput, HandoffWorkflow
+    from workflows.handoff import HandoffWorkflow
     from workflows.notification import NotificationWorkflow, notify_once
     from workflows.retries import DB_WRITE
 

@@ -222,12 +222,11 @@ async def _verify_one(verdict: Verdict, opp: str, acks: dict[str, Ack], state: d
 
     row = await pool.fetchrow(
         "SELECT stage, stage_entry_seq, fields FROM opportunities WHERE id = $1", opp)
-    snapshot = (row["stage"], row["stage_entry_seq"], row["fields"]) if row else None
-    if snapshot != (state["stage"], state["stage_entry_seq"], state["fields"]):
-        verdict.mismatched.append(
-            f"{opp}: opportunities row {snapshot and snapshot[:2]} != state "
-            f"{(state['stage'], state['stage_entry_seq'])}"
-        )
+    snapshot = {k: row[k] for k in ("stage", "stage_entry_seq", "fields")} if row else {}
+    live = {k: state[k] for k in ("stage", "stage_entry_seq", "fields")}
+    differs = {k: (snapshot.get(k), v) for k, v in live.items() if snapshot.get(k) != v}
+    if differs:
+        verdict.mismatched.append(f"{opp}: opportunities row != state: {differs}")
 
 
 @dataclass

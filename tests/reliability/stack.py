@@ -66,6 +66,7 @@ class StoppablePostgres:
             self.stop()
         except subprocess.CalledProcessError:
             pass  # already stopped
+        self._server._postmaster_info = None  # stopped above; the handle only lets go now
         self._cleanup()
 
 
