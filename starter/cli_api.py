@@ -6,11 +6,11 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 import asyncpg
 import typer
+from pydantic_core import to_jsonable_python
 from rich.console import Console
 from rich.table import Table
 
@@ -89,7 +89,7 @@ def _print_report(report: reports.Report, output: str) -> None:
     if output == "csv":
         typer.echo(report.as_csv(), nl=False)
     elif output == "json":
-        typer.echo(json.dumps(report.as_json(), default=lambda v: str(v) if isinstance(v, Decimal) else v))
+        typer.echo(json.dumps(to_jsonable_python(report.as_json())))
     elif output == "table":
         _print_rows(report.columns, report.rows, report.totals)
     else:
