@@ -18,13 +18,14 @@ from activities.notifications import Notifier
 from activities.persistence import OpportunityStore
 from starter import metrics, observability
 from starter.settings import Settings
+from workflows.digest import DigestActivities, WeeklyDigestWorkflow
 from workflows.handoff import HandoffWorkflow
 from workflows.notification import NotificationWorkflow
 from workflows.opportunity import OpportunityWorkflow
 
 log = logging.getLogger("oppflow.worker")
 
-WORKFLOWS: Sequence[type] = (OpportunityWorkflow, HandoffWorkflow, NotificationWorkflow)
+WORKFLOWS: Sequence[type] = (OpportunityWorkflow, HandoffWorkflow, NotificationWorkflow, WeeklyDigestWorkflow)
 
 
 def build_worker(
@@ -33,6 +34,7 @@ def build_worker(
     store = OpportunityStore(pool)
     secrets = [s.strip() for s in (settings.webhook_secret or "").split(",") if s.strip()]
     notifier = Notifier(pool, settings.webhook_urls, secrets)
+    digests = DigestActivities(pool)
     options.setdefault("max_concurrent_activities", settings.db_pool_max * 2)
     options.setdefault("max_concurrent_local_activities", settings.db_pool_max * 2)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
@@ -41,7 +43,14 @@ def build_worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=list(WORKFLOWS),
-        activities=[store.persist, store.record_escalation, store.org_chain, notifier.deliver],
+        activities=[
+            store.persist,
+            store.record_escalation,
+            store.org_chain,
+            notifier.deliver,
+            digests.managers,
+            digests.manager_digest,
+        ],
         **options,
     )
 

@@ -8,10 +8,10 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
-from fastapi import Request
+from fastapi import Depends, Header, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
@@ -45,6 +45,22 @@ def services(request: Request) -> Services:
 
 def to_json(value: Any) -> Any:
     return jsonable_encoder(value, custom_encoder={Decimal: str})
+
+
+def documented_key(
+    key: Annotated[
+        str | None,
+        Header(
+            alias=KEY_HEADER,
+            description="becomes the command's request_id: a retry with the same key and body answers "
+            "the same; the same key with another body is refused (409)",
+        ),
+    ] = None,
+) -> None:
+    """Declares the header in OpenAPI; ``run_command`` reads and checks it."""
+
+
+KEYED = [Depends(documented_key)]
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -105,5 +121,5 @@ async def run_command(
             error = await _finished(svc, opportunity_id) or error
         response = error.response()
     if key is not None and response.status_code < 500:
-        await svc.idempotency.keep(key, print_, response.status_code, json.loads(response.body))
+        await svc.idempotency.keep(key, print_, response.status_code, json.loads(bytes(response.body)))
     return response

@@ -8,6 +8,7 @@ or Temporal is unreachable. A request Temporal refuses never ends as a 500.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -101,7 +102,7 @@ def unavailable(what: str, exc: BaseException) -> ApiError:
     )
 
 
-def _field_of(loc: tuple[int | str, ...] | list[int | str]) -> str:
+def _field_of(loc: Sequence[Any]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]

@@ -22,13 +22,19 @@ log = logging.getLogger("oppflow.api")
 
 ACQUIRE_TIMEOUT = 5.0
 
+# One round trip: register the key, or read what it holds.
 CLAIM = """
-INSERT INTO api_idempotency (key, fingerprint, actor_id, method, path)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (key) DO NOTHING
+WITH claimed AS (
+    INSERT INTO api_idempotency (key, fingerprint, actor_id, method, path)
+    VALUES ($1, $2, $3, $4, $5)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING fingerprint, status_code, response
+)
+SELECT fingerprint, status_code, response FROM claimed
+UNION ALL
+SELECT fingerprint, status_code, response FROM api_idempotency
+WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM claimed)
 """
-
-LOOKUP = "SELECT fingerprint, status_code, response FROM api_idempotency WHERE key = $1"
 
 COMPLETE = """
 UPDATE api_idempotency SET status_code = $3, response = $4, completed_at = now()
@@ -58,8 +64,11 @@ class IdempotencyStore:
     async def claim(self, key: str, print_: str, actor_id: str, method: str, path: str) -> KeptAnswer | None:
         """Register the key; answer the kept response of an earlier identical request."""
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            await conn.execute(CLAIM, key, print_, actor_id, method, path)
-            row = await conn.fetchrow(LOOKUP, key)
+            row = await conn.fetchrow(CLAIM, key, print_, actor_id, method, path)
+        if row is None:
+            # A concurrent first request holds the key but is not visible to this statement yet:
+            # run it too; the workflow applies one request_id once.
+            return None
         if row["fingerprint"] != print_:
             raise ApiError(
                 409,

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from api import schemas
 from api.auth import Principal, current_principal
-from api.commands import run_command, services, to_json
+from api.commands import KEYED, run_command, services, to_json
 from api.errors import ERROR_RESPONSES
 from sales.messages import CommandResult
 from starter import reports
@@ -33,6 +33,7 @@ def _opportunity_id_for(key: str | None) -> str:
     status_code=201,
     response_model=schemas.Created,
     summary="Create an opportunity (starts its workflow)",
+    dependencies=KEYED,
 )
 async def create_opportunity(
     request: Request,
@@ -141,6 +142,7 @@ def _add_command(name: str, body_type: Any, method: str, path: str, summary: str
         methods=[method],
         summary=summary,
         response_model=CommandResult,
+        dependencies=KEYED,
     )
 
 
@@ -152,6 +154,7 @@ for _spec in COMMANDS:
     "/opportunities/{opportunity_id}/team/{user_id}",
     summary="Remove a person from the deal team",
     response_model=CommandResult,
+    dependencies=KEYED,
 )
 async def remove_team_member(
     request: Request, caller: Caller, opportunity_id: str, user_id: str
@@ -170,6 +173,7 @@ async def remove_team_member(
     "/opportunities/{opportunity_id}/process",
     summary="Admin: move the deal to another published process version",
     response_model=CommandResult,
+    dependencies=KEYED,
 )
 async def migrate_process(
     request: Request, caller: Caller, opportunity_id: str, body: schemas.MigrateProcessBody
@@ -195,6 +199,7 @@ async def migrate_process(
     status_code=202,
     response_model=schemas.ActivityAccepted,
     summary="Record an activity (signal record_activity)",
+    dependencies=KEYED,
 )
 async def record_activity(
     request: Request,

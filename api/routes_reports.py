@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from api import schemas
-from api.auth import current_principal
+from api.auth import Principal, current_principal
 from api.commands import services, to_json
 from api.errors import ERROR_RESPONSES
 from starter import reports
@@ -26,10 +26,13 @@ Team = Annotated[str | None, Query(description="a manager id: deals of everyone 
 )
 async def escalations(
     request: Request,
-    recipient_id: str | None = None,
+    caller: Annotated[Principal, Depends(current_principal)],
+    recipient_id: Annotated[str | None, Query(description="whose inbox; `me` for the caller")] = None,
     status: Annotated[str | None, Query(description="open, acknowledged, snoozed or resolved")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> JSONResponse:
+    if recipient_id == "me":
+        recipient_id = caller.user_id
     rows = await reports.escalation_inbox(
         services(request).pool, recipient_id=recipient_id, status=status, limit=limit
     )

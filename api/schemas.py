@@ -12,7 +12,6 @@ from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
-from pydantic.fields import FieldInfo
 
 from sales import messages
 from sales.messages import Identifier
@@ -20,7 +19,7 @@ from sales.messages import Identifier
 FROM_HEADER_AND_TOKEN = ("request_id", "actor")
 
 
-def body_of(command: type[BaseModel], name: str, **overrides: tuple[Any, FieldInfo]) -> type[BaseModel]:
+def body_of(command: type[BaseModel], name: str, **overrides: tuple[Any, Any]) -> type[BaseModel]:
     fields: dict[str, Any] = {
         field_name: (info.annotation, info)
         for field_name, info in command.model_fields.items()

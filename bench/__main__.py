@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import sys
 import time
 from typing import Any
@@ -21,27 +23,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     defaults = Sizes()
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
-        "scenarios", nargs="*", choices=[*SCENARIOS, "all"], default=["all"],
-        help="which scenarios to run (default: all)",
+        "scenarios",
+        nargs="*",
+        metavar="SCENARIO",
+        help=f"any of {', '.join(SCENARIOS)} (default: all)",
     )
-    parser.add_argument("--opportunities", type=int, default=defaults.opportunities,
-                        help="stage changes: deals (N)")
-    parser.add_argument("--changes", type=int, default=defaults.changes,
-                        help="stage changes: changes per deal (M)")
+    parser.add_argument(
+        "--opportunities", type=int, default=defaults.opportunities, help="stage changes: deals (N)"
+    )
+    parser.add_argument(
+        "--changes", type=int, default=defaults.changes, help="stage changes: changes per deal (M)"
+    )
     parser.add_argument("--callers", type=int, default=defaults.callers, help="concurrent callers (C)")
-    parser.add_argument("--rounds", type=int, default=defaults.rounds,
-                        help="alternating rounds for stage changes and creation")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=defaults.rounds,
+        help="alternating rounds for stage changes and creation",
+    )
     parser.add_argument("--creations", type=int, default=defaults.creations, help="creation: deals per round")
-    parser.add_argument("--storm", type=int, default=defaults.storm,
-                        help="escalation storm: deals due in the same second")
+    parser.add_argument(
+        "--storm", type=int, default=defaults.storm, help="escalation storm: deals due in the same second"
+    )
     parser.add_argument("--storm-rounds", type=int, default=defaults.storm_rounds)
-    parser.add_argument("--open-deals", type=int, default=defaults.open_deals,
-                        help="open deals held by one worker (e.g. 10000)")
-    parser.add_argument("--experiment", choices=sorted(EXPERIMENTS), default=None,
-                        help="run a measured variant of OpportunityWorkflow instead of the real one")
+    parser.add_argument(
+        "--storm-min-stuck",
+        type=int,
+        default=defaults.storm_min_stuck,
+        help="escalation storm: shortest stuck_after in seconds",
+    )
+    parser.add_argument(
+        "--open-deals",
+        type=int,
+        default=defaults.open_deals,
+        help="open deals held by one worker (e.g. 10000)",
+    )
+    parser.add_argument(
+        "--experiment",
+        choices=sorted(EXPERIMENTS),
+        default=None,
+        help="run a measured variant of OpportunityWorkflow instead of the real one",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     args = parser.parse_args(argv)
-    if "all" in args.scenarios:
+    unknown = [s for s in args.scenarios if s not in (*SCENARIOS, "all")]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)} or all")
+    if not args.scenarios or "all" in args.scenarios:
         args.scenarios = list(SCENARIOS)
     return args
 
@@ -55,6 +83,7 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         creations=args.creations,
         storm=args.storm,
         storm_rounds=args.storm_rounds,
+        storm_min_stuck=args.storm_min_stuck,
         open_deals=args.open_deals,
         experiment=args.experiment,
     )
@@ -65,7 +94,12 @@ def progress(message: str) -> None:
 
 
 async def run(scenarios: list[str], sizes: Sizes, keep: bool = False) -> dict[str, Any]:
-    results: dict[str, Any] = {"sizes": vars(sizes), "scenarios": {}}
+    # SIGTERM cancels the run, so the stack (workers, server, Postgres) is stopped.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    results: dict[str, Any] = {"sizes": vars(sizes), "load_avg_1m_at_start": os.getloadavg()[0]}
+    results["scenarios"] = {}
     async with bench_stack(keep=keep) as stack:
         progress(f"stack up: Temporal {stack.address}, data in {stack.workdir}")
         if any(s in SHARED_WORKER_SCENARIOS for s in scenarios):

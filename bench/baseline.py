@@ -13,11 +13,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-import asyncpg
 from pydantic import BaseModel
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import Worker
+
+with workflow.unsafe.imports_passed_through():
+    # Re-imported inside the workflow sandbox, asyncpg's C state breaks (segfault).
+    import asyncpg
 
 BARE_WORKFLOW = "BareDeal"
 

@@ -7,8 +7,8 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from sales.messages import CreateOpportunity
 from sales.process import SalesProcess

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 SAMPLE_COLUMNS = ("count", "per_s", "p50_ms", "p99_ms", "max_ms", "errors")
+SUMMARY_KEYS = ("per_s", "p50_ms", "p99_ms", "seconds", "errors")
 
 
 def machine() -> dict[str, Any]:
@@ -63,7 +64,9 @@ def _flatten(row: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in row.items():
         if isinstance(value, dict):
-            wanted = {k: v for k, v in value.items() if k in ("per_s", "p50_ms", "p99_ms", "seconds", "errors")}
+            wanted = {
+                k: v for k, v in value.items() if k in ("per_s", "p50_ms", "p99_ms", "seconds", "errors")
+            }
             out.update(_flatten(wanted, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value

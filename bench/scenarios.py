@@ -24,6 +24,7 @@ from starter.client import OpportunityClient
 OPPFLOW_QUEUE = "bench-oppflow"
 BARE_QUEUE = "bench-bare"
 MIB = 1024 * 1024
+STAGE_ROWS = "SELECT count(*) FROM stage_history WHERE opportunity_id = ANY($1)"
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Sizes:
     creations: int = 200
     storm: int = 1000
     storm_rounds: int = 1
+    storm_min_stuck: int = 30
     open_deals: int = 2000
     experiment: str | None = None
 
@@ -80,7 +82,9 @@ async def _create_opps(client: OpportunityClient, ids: list[str], callers: int, 
 
 async def _warm(stack: Stack, workflow_ids: list[str], callers: int) -> Sample:
     """Query each deal once, so its first task has run and it is in the worker's cache."""
-    return await timed_calls(workflow_ids, callers, lambda wf: stack.client.get_workflow_handle(wf).query("get_state"))
+    return await timed_calls(
+        workflow_ids, callers, lambda wf: stack.client.get_workflow_handle(wf).query("get_state")
+    )
 
 
 async def _count(stack: Stack, sql: str, ids: list[str]) -> int:
@@ -95,7 +99,8 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     persisted_ok = True
     for _ in range(sizes.rounds):
         for variant, update in (("bare update", "set_stage"), ("bare update + LA insert", "set_stage_saved")):
-            ids = [f"bare-{_tag()}-{i}" for i in range(n)]
+            tag = _tag()
+            ids = [f"bare-{tag}-{i}" for i in range(n)]
             await _bare_deals(stack, ids, c)
             await _warm(stack, ids, c)
 
@@ -117,7 +122,9 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
             await client.change_stage(opp_id, actor=rep(index), stage=stage_name(step + 1))
 
         samples["oppflow"].append(await timed_sequences(opp_ids, m, c, move))
-        rows = await _count(stack, "SELECT count(*) FROM stage_history WHERE opportunity_id = ANY($1)", opp_ids)
+        rows = await _count(
+            stack, "SELECT count(*) FROM stage_history WHERE opportunity_id = ANY($1)", opp_ids
+        )
         persisted_ok &= rows == n * (m + 1)
 
     figures = {name: pooled(s).summary() for name, s in samples.items()}
@@ -151,10 +158,12 @@ async def creation(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     samples: dict[str, list[Sample]] = {"bare start": [], "oppflow": [], "oppflow lean (proposed)": []}
     saved_after: list[float] = []
     for _ in range(sizes.rounds):
-        ids = [f"bare-new-{_tag()}-{i}" for i in range(n)]
+        tag = _tag()
+        ids = [f"bare-new-{tag}-{i}" for i in range(n)]
         samples["bare start"].append(await _bare_deals(stack, ids, c))
         for variant, client in (("oppflow", timed), ("oppflow lean (proposed)", lean)):
-            opp_ids = [f"new-{_tag()}-{i}" for i in range(n)]
+            tag = _tag()
+            opp_ids = [f"new-{tag}-{i}" for i in range(n)]
             began = time.perf_counter()
             samples[variant].append(await _create_opps(client, opp_ids, c))
             if variant == "oppflow":
@@ -204,19 +213,29 @@ def _storm_figures(rows: list[Any], due: datetime, n: int, created_s: float) -> 
     }
 
 
+async def _creation_rate(stack: Stack, kind: str, callers: int) -> float:
+    """Deals per second this machine creates right now (a pilot of 20 deals)."""
+    ids = [f"pilot-{kind}-{_tag()}-{i}" for i in range(20)]
+    if kind == "bare":
+        sample = await _bare_deals(stack, ids, callers)
+    else:
+        sample = await _create_opps(OpportunityClient(stack.client, stack.pool, OPPFLOW_QUEUE), ids, callers)
+    return sample.count / sample.seconds if sample.seconds else 1.0
+
+
 async def _storm_round(stack: Stack, sizes: Sizes, kind: str) -> dict[str, Any]:
     n, c = sizes.storm, sizes.callers
-    # Every deal is due at the same second, after all of them had time to be created.
-    stuck = max(30, math.ceil(n / 25) + 5)
+    # Every deal is due at the same second, after all of them had time to be created
+    # (with half the pilot's creation rate, as a margin).
+    rate = await _creation_rate(stack, kind, c)
+    stuck = max(sizes.storm_min_stuck, math.ceil(n / (rate / 2)) + 5)
     due = (datetime.now(UTC) + timedelta(seconds=stuck)).replace(microsecond=0)
     tag = _tag()
     began = time.perf_counter()
     if kind == "bare":
         ids = [f"bare-storm-{tag}-{i}" for i in range(n)]
         await _bare_deals(stack, ids, c, due_at=due)
-        sql = (
-            "SELECT due_at, fired_at, inserted_at FROM bench_bare_escalations WHERE deal_id = ANY($1)"
-        )
+        sql = "SELECT due_at, fired_at, inserted_at FROM bench_bare_escalations WHERE deal_id = ANY($1)"
     else:
         await processes.publish(stack.pool, storm_process(stuck), "bench")
         client = OpportunityClient(stack.client, stack.pool, OPPFLOW_QUEUE)
@@ -233,6 +252,7 @@ async def _storm_round(stack: Stack, sizes: Sizes, kind: str) -> dict[str, Any]:
     await poll_until(lambda: _count_rows(stack, sql, ids, n), timeout=wait, interval=0.25)
     rows = await stack.pool.fetch(sql, ids)
     figures = _storm_figures(rows, due, n, created_s)
+    figures["stuck_after_s"] = stuck
     figures["created_after_due"] = created_s > stuck
     return figures
 

@@ -37,13 +37,23 @@ def owner_id(index: int) -> str:
 def org_chart() -> list[Person]:
     people = [
         Person(id="bench-vp", name="Bench VP", email="vp@bench.example", roles=["manager"]),
-        Person(id=MANAGER, name="Bench Manager", email="mgr@bench.example", manager_id="bench-vp",
-               roles=["manager"]),
+        Person(
+            id=MANAGER,
+            name="Bench Manager",
+            email="mgr@bench.example",
+            manager_id="bench-vp",
+            roles=["manager"],
+        ),
     ]
     for i in range(OWNERS):
         people.append(
-            Person(id=owner_id(i), name=f"Bench Rep {i}", email=f"rep{i}@bench.example", manager_id=MANAGER,
-                   roles=["rep"])
+            Person(
+                id=owner_id(i),
+                name=f"Bench Rep {i}",
+                email=f"rep{i}@bench.example",
+                manager_id=MANAGER,
+                roles=["rep"],
+            )
         )
     return people
 
@@ -61,8 +71,9 @@ class Stack:
     pool: asyncpg.Pool
     workers: list[WorkerProcess] = field(default_factory=list)
 
-    async def start_worker(self, kind: str, task_queue: str, *, max_cached: int = 1000,
-                           experiment: str | None = None) -> WorkerProcess:
+    async def start_worker(
+        self, kind: str, task_queue: str, *, max_cached: int = 1000, experiment: str | None = None
+    ) -> WorkerProcess:
         spec = WorkerSpec(kind, self.address, self.database_url, task_queue, max_cached, experiment)
         process = WorkerProcess(spec, self.workdir / f"worker-{kind}.log")
         await process.start()

@@ -31,7 +31,7 @@ class WorkerSpec:
     experiment: str | None = None
 
     def argv(self) -> list[str]:
-        args = [sys.executable, "-m", "bench.worker_process", "--kind", self.kind]
+        args = [sys.executable, "-X", "faulthandler", "-m", "bench.worker_process", "--kind", self.kind]
         args += ["--address", self.address, "--database-url", self.database_url]
         args += ["--task-queue", self.task_queue, "--max-cached", str(self.max_cached_workflows)]
         if self.experiment:
@@ -50,7 +50,7 @@ class WorkerProcess:
         began = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         env.setdefault("OPPFLOW_LOG_LEVEL", "WARNING")
-        with open(self.log_file, "ab") as log:
+        with open(self.log_file, "ab") as log:  # noqa: ASYNC230 (a local file, opened once)
             self.process = await asyncio.create_subprocess_exec(
                 *self.spec.argv(), cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=log
             )
@@ -59,7 +59,9 @@ class WorkerProcess:
             line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
         except TimeoutError:
             await self.stop()
-            raise RuntimeError(f"{self.spec.kind} worker not ready after {timeout:g}s; see {self.log_file}")
+            raise RuntimeError(
+                f"{self.spec.kind} worker not ready after {timeout:g}s; see {self.log_file}"
+            ) from None
         if line.decode().strip() != READY:
             await self.stop()
             raise RuntimeError(f"{self.spec.kind} worker failed to start; see {self.log_file}")
@@ -91,6 +93,12 @@ async def _serve(args: argparse.Namespace) -> None:
     from db.pool import create_pool
     from starter.settings import Settings
 
+    if args.metrics_port and args.kind == "oppflow":
+        # The SDK's Prometheus metrics (task slots, poll counts, latencies) for profiling.
+        from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+        prometheus = PrometheusConfig(bind_address=f"127.0.0.1:{args.metrics_port}")
+        Runtime.set_default(Runtime(telemetry=TelemetryConfig(metrics=prometheus)))
     client = await Client.connect(args.address, data_converter=pydantic_data_converter)
     settings = Settings(task_queue=args.task_queue, database_url=args.database_url)
     pool = await create_pool(args.database_url, settings.db_pool_min, settings.db_pool_max)
@@ -125,6 +133,7 @@ def main() -> None:
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--max-cached", type=int, default=1000)
     parser.add_argument("--experiment", default=None)
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("BENCH_METRICS_PORT", 0)))
     asyncio.run(_serve(parser.parse_args()))
 
 

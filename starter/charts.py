@@ -173,6 +173,7 @@ def _draw_funnel(data: FunnelData) -> Figure:
     by_count.invert_yaxis()
     by_count.set_title("Deals per stage")
     by_count.bar_label(by_count.containers[0], padding=3)
+    by_count.xaxis.get_major_locator().set_params(integer=True)
     amounts = [float(a) for a in data.amounts]
     by_amount.barh(positions, amounts, color=colours)
     by_amount.set_title("Amount per stage")
@@ -189,24 +190,14 @@ def _draw_time_in_stage(data: TimeInStageData) -> Figure:
     fig = Figure(figsize=(11, 5.5), layout="constrained")
     axes = fig.subplots()
     if data.stages:
-        axes.boxplot(data.days, tick_labels=data.stages, showfliers=True)
+        labels = [f"{stage}\n({len(samples)})" for stage, samples in zip(data.stages, data.days, strict=True)]
+        axes.boxplot(data.days, tick_labels=labels, showfliers=True)
         axes.tick_params(axis="x", labelrotation=20)
-        for i, samples in enumerate(data.days, start=1):
-            axes.annotate(
-                f"n={len(samples)}",
-                (i, 0),
-                xytext=(0, -2),
-                textcoords="offset points",
-                ha="center",
-                va="top",
-                fontsize=8,
-                color="#555",
-            )
     else:
         axes.text(0.5, 0.5, "no stage history yet", ha="center", va="center", transform=axes.transAxes)
     axes.set_ylabel("days in stage")
     axes.grid(axis="y", alpha=0.3)
-    axes.set_title("Time in stage (open stage entries counted up to now)")
+    axes.set_title("Time in stage (stage entries per stage in brackets; open ones counted up to now)")
     return fig
 
 
@@ -215,13 +206,13 @@ def _draw_escalations(data: EscalationsData) -> Figure:
     axes = fig.subplots()
     positions = list(range(len(data.weeks)))
     bottom = [0] * len(data.weeks)
-    for n, (level, counts) in enumerate(data.by_level.items()):
+    for level, counts in data.by_level.items():
         axes.bar(
             positions,
             counts,
             bottom=bottom,
             label=f"level {level}",
-            color=LEVEL_COLOURS[n % len(LEVEL_COLOURS)],
+            color=LEVEL_COLOURS[(level - 1) % len(LEVEL_COLOURS)],
         )
         bottom = [b + c for b, c in zip(bottom, counts, strict=True)]
     if not data.by_level:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,7 @@ async def api() -> None:
     from api.server import serve_api
     from starter.cli import resolve_database_url
     from starter.connect import connect_temporal
+    from starter.dev_stack import stop_on_signals
     from starter.ports import check_ports_free
 
     settings = get_settings()
@@ -64,7 +66,18 @@ async def api() -> None:
     database_url = resolve_database_url(settings)
     client = await connect_temporal(settings)
     typer.echo(f"oppflow API on http://localhost:{settings.api_port} (docs at /docs); Ctrl-C to stop")
-    await serve_api(client, database_url)
+    stop = asyncio.Event()
+    with stop_on_signals(stop):
+        serving = asyncio.create_task(serve_api(client, database_url))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (serving, stopping):
+            task.cancel()
+        await asyncio.gather(stopping, return_exceptions=True)
+        try:
+            await serving
+        except asyncio.CancelledError:
+            typer.echo("oppflow API stopped")
 
 
 def _text(value: Any) -> str:
@@ -98,7 +111,7 @@ def _print_report(report: reports.Report, output: str) -> None:
 
 async def escalations(
     recipient: Annotated[str | None, typer.Option("--recipient", help="whose inbox")] = None,
-    status: Annotated[str | None, typer.Option("--status", help="open, acknowledged, snoozed, resolved")] = None,
+    status: Annotated[str | None, typer.Option("--status", help="open, acknowledged, snoozed...")] = None,
     limit: Annotated[int, typer.Option("--limit")] = 50,
 ) -> None:
     """A manager's escalation inbox, newest first."""

@@ -145,7 +145,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Import opportunities from a CRM export; safe to interrupt and to run again."""
         from starter.import_mapping import load_mapping
-        from starter.importer import Importer
+        from starter.importer import Importer, ImportStalled
 
         chosen = load_mapping(mapping) if mapping else None
         progress: Any = RichProgress(console) if console.is_terminal else PlainProgress()
@@ -160,19 +160,23 @@ def register(app: typer.Typer) -> None:
                 dry_run=dry_run,
                 progress=progress,
             )
-            interrupted = False
+            exit_code, stalled = 0, None
             try:
                 await importer.run()
             except asyncio.CancelledError:
-                interrupted = True
+                exit_code = 130
+            except ImportStalled as exc:
+                exit_code, stalled = 1, exc
         result = importer.report
         report_path = report or default_report_path(path)
         report_path.write_text(json.dumps(result.as_json(), indent=2, default=str) + "\n", encoding="utf-8")
         for line in summary_lines(result):
             typer.echo(line)
         typer.echo(f"  report: {report_path}")
-        if interrupted:
-            raise typer.Exit(130)
+        if stalled:
+            typer.echo(f"error: {stalled}", err=True)
+        if exit_code:
+            raise typer.Exit(exit_code)
         if result.problems:
             raise typer.Exit(2)
 

@@ -18,6 +18,11 @@ def connect_config(settings: Settings) -> dict:
 
 
 async def connect_temporal(settings: Settings) -> Client:
-    return await Client.connect(
-        **connect_config(settings), data_converter=data_converter(), interceptors=client_interceptors()
-    )
+    config = connect_config(settings)
+    try:
+        return await Client.connect(
+            **config, data_converter=data_converter(), interceptors=client_interceptors()
+        )
+    except RuntimeError as exc:  # the SDK reports an unreachable server or a TLS refusal this way
+        reason = " ".join(str(exc).split())
+        raise ConnectionError(f"cannot connect to Temporal at {config['target_host']}: {reason}") from exc

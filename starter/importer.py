@@ -42,6 +42,8 @@ from starter.import_mapping import (
 )
 
 CREATE_ATTEMPTS = 4
+LANDING_TIMEOUT_S = 60.0
+LANDING_POLL_S = 0.1
 CHECKPOINT_EVERY_S = 0.5
 CHECKPOINT_BATCH = 200
 # Which source column a refusal from OpportunityClient.create is about.
@@ -247,6 +249,41 @@ class Checkpoint:
         )
 
 
+class ImportStalled(RuntimeError):
+    """Deals are started but no worker saves them: the import stops instead of piling up."""
+
+
+class Landing:
+    """Waits until started deals are saved in Postgres by the worker; one query for all waiting.
+
+    Holding a concurrency slot until then keeps at most ``--concurrency`` new workflows
+    queued for the workers, so a big import never floods them with task timeouts.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self.waiting: dict[str, asyncio.Future[None]] = {}
+
+    async def wait(self, opportunity_id: str, timeout: float) -> None:  # noqa: ASYNC109
+        landed = self.waiting.setdefault(opportunity_id, asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.wait_for(asyncio.shield(landed), timeout)
+        finally:
+            self.waiting.pop(opportunity_id, None)
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.sleep(LANDING_POLL_S)
+            if not self.waiting:
+                continue
+            ids = list(self.waiting)
+            rows = await self.pool.fetch("SELECT id FROM opportunities WHERE id = ANY($1)", ids)
+            for row in rows:
+                landed = self.waiting.pop(row["id"], None)
+                if landed is not None and not landed.done():
+                    landed.set_result(None)
+
+
 # -- the import ------------------------------------------------------------------------------------
 
 
@@ -276,6 +313,7 @@ class Importer:
         limit: int | None = None,
         dry_run: bool = False,
         progress: ImportProgress | None = None,
+        landing_timeout: float = LANDING_TIMEOUT_S,
     ) -> None:
         if concurrency < 1:
             raise ValueError("--concurrency must be at least 1")
@@ -297,6 +335,8 @@ class Importer:
             dry_run=dry_run,
         )
         self.checkpoint = Checkpoint(client.pool, self.run_id)
+        self.landing = Landing(client.pool)
+        self.landing_timeout = landing_timeout
 
     async def run(self) -> ImportReport:
         began = time.monotonic()
@@ -330,6 +370,9 @@ class Importer:
         except asyncio.CancelledError:
             self.report.interrupted = True
             raise
+        except ImportStalled:
+            self.report.interrupted = True
+            raise
         finally:
             self.report.elapsed_s = time.monotonic() - began
             if self.progress:
@@ -353,7 +396,10 @@ class Importer:
             finally:
                 gate.release()
 
-        flusher = asyncio.create_task(self.checkpoint.keep_flushing())
+        helpers = [
+            asyncio.create_task(self.checkpoint.keep_flushing()),
+            asyncio.create_task(self.landing.watch()),
+        ]
         try:
             async with asyncio.TaskGroup() as group:
                 for deal in todo:
@@ -361,10 +407,13 @@ class Importer:
                     group.create_task(one(deal))
                     if len(self.checkpoint.pending) >= CHECKPOINT_BATCH:
                         await self.checkpoint.flush()
+        except* ImportStalled as stalled:
+            raise stalled.exceptions[0] from None
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for helper in helpers:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
 
     async def _create(self, deal: DealRow, actor: Actor, process_name: str) -> None:
         await self._create_once(deal, actor, process_name)
@@ -404,6 +453,7 @@ class Importer:
                 )
                 await asyncio.sleep(0.2 * 2**attempt)
             else:
+                await self._landed(deal)
                 outcome = "created" if created.created else "existing"
                 if created.created:
                     self.report.created += 1
@@ -417,6 +467,16 @@ class Importer:
             self.report.problems.append(problem)
             if self.progress:
                 self.progress.advance(False)
+
+    async def _landed(self, deal: DealRow) -> None:
+        try:
+            await self.landing.wait(deal.opportunity_id, self.landing_timeout)
+        except TimeoutError:
+            raise ImportStalled(
+                f"opportunity {deal.opportunity_id} (line {deal.line}) was started but not saved within "
+                f"{self.landing_timeout:g}s: is a worker running on task queue {self.client.task_queue!r}? "
+                "Start one (oppflow worker) and run the import again to continue"
+            ) from None
 
 
 def _owner_actor(owners: OwnerDirectory, owner_id: str) -> Actor:

@@ -209,6 +209,10 @@ class _WorkflowContext(WorkflowInboundInterceptor):
         with bind(**self._ids(_first_arg(input.args))):
             await super().handle_signal(input)
 
+    def handle_update_validator(self, input: HandleUpdateInput) -> None:
+        with bind(**self._ids(_first_arg(input.args))):
+            super().handle_update_validator(input)
+
     async def handle_update_handler(self, input: HandleUpdateInput) -> Any:
         with bind(**self._ids(_first_arg(input.args))):
             return await super().handle_update_handler(input)

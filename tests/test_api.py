@@ -17,6 +17,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.auth import mint_token
+from sales.process import default_process
+from starter import processes
 from starter.action_links import links_for
 from starter.client import workflow_id
 from tests.helpers import assert_eq_eventually
@@ -88,6 +90,8 @@ async def test_openapi_documents_every_contract_path_and_the_bearer_scheme(http:
     documented = {(method, path) for path, ops in spec["paths"].items() for method in ops}
     assert expected <= documented
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    stage_change = spec["paths"]["/opportunities/{opportunity_id}/stage"]["post"]
+    assert "Idempotency-Key" in [p["name"] for p in stage_change["parameters"] if p["in"] == "header"]
     docs = await http.get("/docs")
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
@@ -362,6 +366,24 @@ async def test_managers_and_owners_reach_every_command(http: httpx.AsyncClient, 
     assert (state["stage"], state["owner_id"], state["team"]) == ("Prospecting", app.team.id("rep2"), [])
 
 
+async def test_an_admin_moves_a_deal_to_another_process_version(http: httpx.AsyncClient, app: App) -> None:
+    process = default_process().model_copy(update={"name": f"api-{app.team.tag}"})
+    await processes.publish(app.pool, process)
+    opp = await new_deal(http, app, process_name=process.name)
+    second = await processes.publish(app.pool, process.model_copy(update={"description": "second"}))
+
+    body = {"version": second.version, "reason": "new rules"}
+    refused = await http.post(f"/opportunities/{opp}/process", json=body, headers=auth(app, "mgr"))
+    assert (refused.status_code, refused.json()["rule"]) == (403, "admin_only")
+    migrated = await http.post(f"/opportunities/{opp}/process", json=body, headers=auth(app, "ops"))
+    assert migrated.status_code == 200, migrated.text
+    assert migrated.json()["message"] == f"migrated from {process.name} v1 to {process.name} v2"
+    unknown = await http.post(
+        f"/opportunities/{opp}/process", json={**body, "version": 9}, headers=auth(app, "ops")
+    )
+    assert (unknown.status_code, unknown.json()["rule"]) == (409, "unknown_process")
+
+
 # -- escalations: inbox, commands and action links --------------------------------------------------
 
 
@@ -412,7 +434,7 @@ async def test_the_manager_inbox_lists_escalations_and_acts_on_them(
     await assert_eq_eventually([(2, app.team.id("mgr"), "snoozed")], lambda: fetch_escalations(app, opp))
 
     async def inbox_of(status: str) -> list[str]:
-        query = f"recipient_id={app.team.id('mgr')}&status={status}"
+        query = f"recipient_id=me&status={status}"
         return [e["opportunity_id"] for e in (await http.get(f"/escalations?{query}", headers=mgr)).json()]
 
     assert (await inbox_of("snoozed"), await inbox_of("open")) == ([opp], [])

@@ -4,13 +4,15 @@ again once they are back, without a restart. Real servers are stopped and starte
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -46,10 +48,17 @@ async def until_status(
         await asyncio.sleep(0.3)
 
 
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """Outside pytest's basetemp, which concurrent pytest sessions on one machine prune."""
+    with tempfile.TemporaryDirectory(prefix="oppflow-api-outage-") as path:
+        yield Path(path)
+
+
 async def test_postgres_down_answers_503_then_the_api_recovers(
-    tmp_path: Path, temporal_env: WorkflowEnvironment
+    workdir: Path, temporal_env: WorkflowEnvironment
 ) -> None:
-    pgdata = tmp_path / "pgdata"
+    pgdata = workdir / "pgdata"
     database = await asyncio.to_thread(start_embedded_postgres, pgdata)
     try:
         await asyncio.to_thread(upgrade, database.url)
@@ -90,7 +99,7 @@ async def test_postgres_down_answers_503_then_the_api_recovers(
 
 
 async def test_temporal_unreachable_answers_503_then_the_api_recovers(
-    db_pool: asyncpg.Pool, tmp_path: Path
+    db_pool: asyncpg.Pool, workdir: Path
 ) -> None:
     port = free_port()
     temporal = await Client.connect(f"localhost:{port}", lazy=True, data_converter=pydantic_data_converter)
@@ -111,7 +120,7 @@ async def test_temporal_unreachable_answers_503_then_the_api_recovers(
         assert (await http.get("/health")).json()["temporal"].startswith("unavailable")
 
         server = await start_dev_server(
-            DevServerOptions(port=port, headless=True, log_file=tmp_path / "t.log")
+            DevServerOptions(port=port, headless=True, log_file=workdir / "temporal.log")
         )
         try:
             back = await until_status(404, lambda: http.get("/opportunities/any-deal", headers=headers))

@@ -106,8 +106,15 @@ async def prepare_deal(m: Matrix, setup: str, channel: str) -> str:
     if setup == "migratable":
         extra["process_name"] = m.process_name(channel)
     opp = app.opp_id()
-    await app.client.create(actor=owner, name="Matrix deal", account="Acme", owner_id=owner.id,
-                            opportunity_id=opp, amount="40000", **extra)
+    await app.client.create(
+        actor=owner,
+        name="Matrix deal",
+        account="Acme",
+        owner_id=owner.id,
+        opportunity_id=opp,
+        amount="40000",
+        **extra,
+    )
     await app.client.add_team_member(opp, actor=owner, user_id=app.team.id("se"), team_role="sales_engineer")
     if setup == "closed":
         await app.client.change_stage(opp, actor=owner, stage="Closed Lost", fields={"loss_reason": "Timing"})
@@ -259,7 +266,9 @@ async def test_each_role_may_send_only_what_the_process_allows(
     async def audit() -> dict[str, tuple[str, str | None, str | None, str]]:
         rows = await app.pool.fetch(
             "SELECT request_id, command, actor_id, actor_role, rule, message, rejected_at "
-            "FROM rejected_commands WHERE opportunity_id = $1", refusal_deal)
+            "FROM rejected_commands WHERE opportunity_id = $1",
+            refusal_deal,
+        )
         assert all(r["message"] and r["rejected_at"] for r in rows)
         return {r["request_id"]: (r["command"], r["actor_id"], r["actor_role"], r["rule"]) for r in rows}
 
@@ -283,12 +292,16 @@ async def test_field_and_stage_permissions_follow_the_team_roles_of_the_process(
     assert refused.value.message.startswith(f"{team.id('rep2')} (role rep, not the owner")
     assert refused.value.message.endswith("may not edit technical_fit")
 
-    await app.client.change_stage(opp, actor=matrix.actor("manager"), stage="Negotiation/Review",
-                                  reason="late-stage deal imported", fields={"decision_maker": "CFO"})
+    await app.client.change_stage(
+        opp,
+        actor=matrix.actor("manager"),
+        stage="Negotiation/Review",
+        reason="late-stage deal imported",
+        fields={"decision_maker": "CFO"},
+    )
     with pytest.raises(CommandRejected) as not_on_team:
         await app.client.change_stage(opp, actor=legal, stage="Closed Won")
     assert not_on_team.value.rule == "move_roles"
     await app.client.add_team_member(opp, actor=owner, user_id=legal.id, team_role="legal")
     closed = await app.client.change_stage(opp, actor=legal, stage="Closed Won")
     assert closed.message == "moved from Negotiation/Review to Closed Won"
-

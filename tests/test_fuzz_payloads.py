@@ -1,0 +1,280 @@
+"""Bad input through a raw Temporal client (what any backend service can send): every
+update and the ``record_activity`` signal, spoiled by hypothesis.
+
+Each payload is either refused — an error naming the field or the rule, no history event,
+state unchanged — or accepted and stored verbatim (``get_state`` and Postgres read back
+byte-equal). Never a workflow-task failure; nothing over the documented limits reaches
+history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+from temporalio.testing import WorkflowEnvironment
+
+from sales.messages import MAX_FIELDS_BYTES
+from starter.client import OpportunityClient, workflow_id
+from tests.fuzz_commands import spoiled, valid_payloads
+from tests.portal_app import portal_app
+from tests.sales_team import SalesTeam
+
+UPDATES = [
+    "change_stage", "update_fields", "reopen", "reassign", "add_team_member", "remove_team_member",
+    "acknowledge_escalation", "snooze_escalation", "pause_clock", "resume_clock", "migrate_process",
+]
+EXAMPLES = settings(
+    max_examples=int(os.environ.get("OPPFLOW_FUZZ_EXAMPLES", "30")), deadline=None, print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                           HealthCheck.data_too_large, HealthCheck.large_base_example],
+)
+# Event types that mean "a command reached the deal's history".
+COMMAND_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_REJECTED,
+    EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
+}
+
+
+@dataclass
+class FuzzApp:
+    temporal: Client
+    pool: asyncpg.Pool
+    client: OpportunityClient
+    team: SalesTeam
+    deals: dict[str, str]
+
+    async def command_events(self, opp: str) -> tuple[int, int, int]:
+        """(command events, largest payload in bytes, workflow-task failures), all runs."""
+        commands = largest = failures = 0
+        async for run in self.temporal.list_workflows(f"WorkflowId = '{workflow_id(opp)}'"):
+            history = await self.temporal.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
+            for event in history.events:
+                commands += event.event_type in COMMAND_EVENTS
+                failures += event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+                largest = max(largest, event.ByteSize())
+        return commands, largest, failures
+
+
+@asynccontextmanager
+async def fuzz_app(address: str, database_url: str) -> AsyncIterator[FuzzApp]:
+    """One deal per command, so each command's fuzzing has a history of its own."""
+    async with portal_app(address, database_url) as app:
+        deals = {}
+        for name in [*UPDATES, "record_activity"]:
+            opp = f"fuzz-{uuid.uuid4().hex[:10]}"
+            await app.client.create(actor=app.team.actor("rep"), name=f"Fuzz {name}", account="Fuzz Inc",
+                                    owner_id=app.team.id("rep"), opportunity_id=opp, amount="5000")
+            deals[name] = opp
+        yield FuzzApp(app.temporal, app.pool, app.client, app.team, deals)
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[BlockingPortal]:
+    with start_blocking_portal() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def app(portal: BlockingPortal, temporal_env: WorkflowEnvironment, postgres_url: str) -> Iterator[FuzzApp]:
+    address = temporal_env.client.service_client.config.target_host
+    with portal.wrap_async_context_manager(fuzz_app(address, postgres_url)) as running:
+        yield running
+
+
+def keys_of(payload: Any, prefix: str = "") -> set[str]:
+    if not isinstance(payload, dict):
+        return set()
+    found = set()
+    for key, value in payload.items():
+        found |= {str(key), f"{prefix}{key}"} | keys_of(value, f"{prefix}{key}.")
+    return found
+
+
+def explains(message: str, payload: Any) -> bool:
+    """A malformed-payload refusal names the field (``fields.budget: ...``) or the payload."""
+    where = message.split(":", 1)[0].strip()
+    named = set(where.split("."))
+    return where == "payload" or bool(named & (keys_of(payload) | {"request_id", "actor", "id", "role"}))
+
+
+def json_size(payload: Any) -> int:
+    return len(json.dumps(payload, default=str).encode())
+
+
+async def send_update(app: FuzzApp, name: str, payload: Any) -> tuple[str, Any]:
+    handle = app.temporal.get_workflow_handle(workflow_id(app.deals[name]))
+    try:
+        result = await handle.execute_update(name, payload, id=f"fuzz-{uuid.uuid4().hex}", result_type=dict)
+    except WorkflowUpdateFailedError as exc:
+        return "refused", exc.cause
+    except RPCError as exc:
+        return "rpc_error", exc
+    return "accepted", result
+
+
+async def fuzz_update(app: FuzzApp, name: str, payload: Any) -> None:
+    opp = app.deals[name]
+    if isinstance(payload, dict):
+        payload.setdefault("request_id", f"fz-{uuid.uuid4().hex}")
+    before = await app.client.state(opp)
+    events_before, _, _ = await app.command_events(opp)
+
+    outcome, answer = await send_update(app, name, payload)
+
+    events_after, largest, failures = await app.command_events(opp)
+    assert failures == 0, f"{name} {payload!r:.300}: workflow task failed"
+    if outcome == "accepted":
+        assert events_after > events_before
+        await stored_verbatim(app, name, opp, payload, answer)
+        return
+    assert events_after == events_before, f"refused {name} left history: {payload!r:.300}"
+    assert await app.client.state(opp) == before, f"refused {name} changed the deal"
+    if outcome == "rpc_error":
+        assert json_size(payload) > 2_000_000, f"{name}: RPC error on a small payload: {answer}"
+        return
+    assert isinstance(answer, ApplicationError), f"{name}: refusal is not an application error: {answer!r}"
+    assert answer.type and answer.message, f"{name}: refusal without rule or message: {answer!r}"
+    if answer.type == "malformed":
+        assert explains(answer.message, payload), f"{name}: {answer.message!r} names no field of {payload!r:.200}"
+
+
+async def stored_verbatim(app: FuzzApp, name: str, opp: str, payload: dict[str, Any], result: dict) -> None:
+    assert result["request_id"] == payload["request_id"]
+    state = await app.client.state(opp)
+    assert len(json.dumps(payload, default=str)) < 2 * MAX_FIELDS_BYTES + 200_000
+    for key, value in (payload.get("fields") or {}).items():
+        if value is None:
+            assert key not in state["fields"]
+            continue
+        assert state["fields"][key] == value
+        stored = await eventually_fetch(app, "SELECT fields -> $2 AS v FROM opportunities WHERE id = $1 "
+                                        "AND state_version = $3", opp, key, state["saved_version"])
+        assert stored == value, f"{key}: {value!r} stored as {stored!r}"
+    if name == "update_fields" and payload.get("amount") is not None:
+        assert Decimal(state["amount"]) == Decimal(str(payload["amount"]))
+    if name == "update_fields" and payload.get("name") is not None:
+        assert state["name"] == payload["name"]
+    if name == "change_stage":
+        row = await eventually_fetch(app, "SELECT reason FROM stage_history WHERE opportunity_id = $1 "
+                                     "AND request_id = $2", opp, payload["request_id"], want_row=True)
+        assert row["reason"] == payload.get("reason")
+
+
+async def eventually_fetch(app: FuzzApp, sql: str, *args: Any, want_row: bool = False) -> Any:
+    for _ in range(100):
+        row = await app.pool.fetchrow(sql, *args)
+        if row is not None:
+            return row if want_row else row["v"]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"not written: {sql} {args!r:.200}")
+
+
+@pytest.mark.parametrize("name", UPDATES)
+@EXAMPLES
+@given(data=st.data())
+def test_a_spoiled_update_is_refused_cleanly_or_stored_verbatim(
+    portal: BlockingPortal, app: FuzzApp, name: str, data: st.DataObject
+) -> None:
+    payload = data.draw(spoiled(valid_payloads(app.team)[name]), label="payload")
+    portal.call(fuzz_update, app, name, payload)
+
+
+async def fuzz_signal(app: FuzzApp, payload: Any) -> None:
+    opp = app.deals["record_activity"]
+    if isinstance(payload, dict):
+        payload.setdefault("request_id", f"fz-{uuid.uuid4().hex}")
+    before = await app.client.state(opp)
+    events_before, _, _ = await app.command_events(opp)
+    try:
+        await app.temporal.get_workflow_handle(workflow_id(opp)).signal("record_activity", payload)
+    except RPCError as exc:
+        events_after, _, failures = await app.command_events(opp)
+        assert events_after == events_before and failures == 0
+        assert json_size(payload) > 2_000_000, f"RPC error on a small signal: {exc}"
+        return
+
+    request_id = payload.get("request_id") if isinstance(payload, dict) else None
+    state = await wait_for_signal(app, opp, before)
+    _, _, failures = await app.command_events(opp)
+    assert failures == 0, f"signal {payload!r:.300}: workflow task failed"
+    recorded = next((a for a in state["recent_activities"] if a["request_id"] == request_id), None)
+    if recorded is None:
+        refusal = state["refusals"][-1]
+        assert refusal["command"] == "record_activity" and refusal["rule"] == "malformed"
+        assert explains(refusal["message"], payload), f"{refusal['message']!r} names no field of {payload!r:.200}"
+        if isinstance(request_id, str):
+            assert not await app.pool.fetchval(
+                "SELECT 1 FROM activities WHERE opportunity_id = $1 AND request_id = $2", opp, request_id)
+        return
+    assert recorded["subject"] == payload.get("subject") and recorded["outcome"] == payload.get("outcome")
+    row = await eventually_fetch(app, "SELECT subject, outcome, data FROM activities WHERE opportunity_id = $1 "
+                                 "AND request_id = $2", opp, request_id, want_row=True)
+    assert (row["subject"], row["outcome"], row["data"]) == (
+        payload.get("subject"), payload.get("outcome"), payload.get("data", {}))
+
+
+async def wait_for_signal(app: FuzzApp, opp: str, before: dict[str, Any]) -> dict[str, Any]:
+    """Until the deal shows the signal: one more activity or one more refusal."""
+    for _ in range(200):
+        state = await app.client.state(opp)
+        if (state["activity_count"], len(state["refusals"]), state["refusals"][-1:]) != (
+            before["activity_count"], len(before["refusals"]), before["refusals"][-1:]
+        ):
+            return state
+        await asyncio.sleep(0.05)
+    raise AssertionError("the signal never showed in the deal's state")
+
+
+@EXAMPLES
+@given(data=st.data())
+def test_a_spoiled_activity_signal_is_refused_in_state_or_stored_verbatim(
+    portal: BlockingPortal, app: FuzzApp, data: st.DataObject
+) -> None:
+    payload = data.draw(spoiled(valid_payloads(app.team)["record_activity"], objects_only=True), label="payload")
+    portal.call(fuzz_signal, app, payload)
+
+
+async def refusal_of_non_object(app: FuzzApp, name: str, payload: Any) -> tuple[str, str]:
+    opp = app.deals[name]
+    if name == "record_activity":
+        before = await app.client.state(opp)
+        await app.temporal.get_workflow_handle(workflow_id(opp)).signal(name, payload)
+        refusal = (await wait_for_signal(app, opp, before))["refusals"][-1]
+        return refusal["rule"], refusal["message"]
+    outcome, answer = await send_update(app, name, payload)
+    assert outcome == "refused", answer
+    return getattr(answer, "type", None) or type(answer).__name__, getattr(answer, "message", str(answer))
+
+
+@pytest.mark.parametrize("name", ["change_stage", "record_activity"])
+@pytest.mark.parametrize("payload", [[], "Closed Won", 42, None])
+def test_a_payload_that_is_not_an_object_is_refused_as_malformed(
+    portal: BlockingPortal, app: FuzzApp, name: str, payload: Any
+) -> None:
+    rule, message = portal.call(refusal_of_non_object, app, name, payload)
+    assert rule == "malformed" and message.startswith("payload"), (rule, message)
+
+
+def test_no_fuzzed_payload_made_history_grow_past_the_limits(portal: BlockingPortal, app: FuzzApp) -> None:
+    """Runs after the fuzzing above: the largest event in any fuzzed deal's history."""
+    largest = max(portal.call(app.command_events, opp)[1] for opp in app.deals.values())
+    print(f"FUZZ largest history event: {largest} bytes")
+    assert largest < 2 * MAX_FIELDS_BYTES + 200_000

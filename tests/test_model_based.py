@@ -1,0 +1,172 @@
+"""Stateful property test: random sales commands against the real app and a plain-Python
+model of the default process (``tests/sales_model.py``); after every step the model, the
+workflow state and the Postgres rows agree, refusals included.
+
+Time jumps are not modelled: the default process's clocks run in days and business days,
+which a real dev server cannot skip; escalation timing is covered by the fault tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from temporalio.testing import WorkflowEnvironment
+
+from starter.client import CommandRejected
+from tests.portal_app import PortalApp, portal_app
+from tests.sales_model import FIELD_VALUES, TARGETS, Deal, Refused
+
+PEOPLE = ["rep", "rep", "mgr", "rep2"]  # mostly the owner, as in real life
+QUALIFIED = {"budget": 80000, "timeline": "Q3", "decision_maker": "CFO Dana", "loss_reason": "Timing"}
+
+
+@pytest.fixture(scope="module")
+def portal() -> Iterator[BlockingPortal]:
+    with start_blocking_portal() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def app(portal: BlockingPortal, temporal_env: WorkflowEnvironment, postgres_url: str) -> Iterator[PortalApp]:
+    address = temporal_env.client.service_client.config.target_host
+    with portal.wrap_async_context_manager(portal_app(address, postgres_url)) as running:
+        yield running
+
+
+def field_edits(min_size: int = 0) -> st.SearchStrategy[dict[str, Any]]:
+    """One to two of the process's fields, each with a value of its own kind (some invalid)."""
+    pair = st.sampled_from(sorted(FIELD_VALUES)).flatmap(
+        lambda name: st.tuples(st.just(name), st.sampled_from(FIELD_VALUES[name])))
+    return st.lists(pair, min_size=min_size, max_size=2).map(dict)
+
+
+def deal_machine(portal: BlockingPortal, app: PortalApp) -> type[RuleBasedStateMachine]:
+    team = app.team
+
+    class SalesDesk(RuleBasedStateMachine):
+        deals = Bundle("deals")
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model: dict[str, Deal] = {}
+            self.steps = 0
+
+        def send(self, opp: str, call: Any, apply: Any) -> None:
+            """Run the command on the app and on the model; both refuse alike or both accept."""
+            try:
+                apply()
+                expected = None
+            except Refused as refusal:
+                expected = refusal.rule
+            try:
+                portal.call(call)
+                got = None
+            except CommandRejected as rejected:
+                got = rejected.rule
+            assert got == expected, f"{opp}: app {'refused ' + got if got else 'accepted'}, model " \
+                                    f"{'refused ' + expected if expected else 'accepted'}"
+            self.steps += 1
+
+        @initialize(target=deals)
+        def create(self) -> str:
+            opp = f"model-{uuid.uuid4().hex[:10]}"
+            portal.call(lambda: app.client.create(
+                actor=team.actor("rep"), name="Model deal", account="Model Inc", owner_id=team.id("rep"),
+                opportunity_id=opp, amount="5000"))
+            self.model[opp] = Deal(owner="rep")
+            return opp
+
+        @rule(target=deals)
+        def another_deal(self) -> str:
+            return self.create()
+
+        @rule(opp=deals, who=st.sampled_from(PEOPLE), stage=st.sampled_from(TARGETS),
+              fields=st.one_of(st.just({}), field_edits()),
+              reason=st.sampled_from([None, "customer asked"]))
+        def move(self, opp: str, who: str, stage: str, fields: dict[str, Any], reason: str | None) -> None:
+            deal = self.model[opp]
+            self.send(opp, lambda: app.client.change_stage(
+                opp, actor=team.actor(who), stage=stage, fields=fields, reason=reason),
+                lambda: deal.move(who, stage, fields, reason))
+
+        @rule(opp=deals, who=st.sampled_from(PEOPLE), fields=field_edits(min_size=1))
+        def update_fields(self, opp: str, who: str, fields: dict[str, Any]) -> None:
+            deal = self.model[opp]
+            self.send(opp, lambda: app.client.update_fields(opp, actor=team.actor(who), fields=fields),
+                      lambda: deal.update(who, fields))
+
+        @rule(opp=deals)
+        def qualify(self, opp: str) -> None:
+            """The owner fills in every field a stage asks for, so deals get far down the path."""
+            deal = self.model[opp]
+            who = deal.owner
+            self.send(opp, lambda: app.client.update_fields(opp, actor=team.actor(who), fields=QUALIFIED),
+                      lambda: deal.update(who, QUALIFIED))
+
+        @rule(opp=deals, who=st.sampled_from(PEOPLE), new_owner=st.sampled_from(["rep", "rep2"]))
+        def reassign(self, opp: str, who: str, new_owner: str) -> None:
+            deal = self.model[opp]
+            self.send(opp, lambda: app.client.reassign(opp, actor=team.actor(who), owner_id=team.id(new_owner)),
+                      lambda: deal.reassign(who, new_owner))
+
+        @rule(opp=deals, who=st.sampled_from(PEOPLE))
+        def pause_clock(self, opp: str, who: str) -> None:
+            deal = self.model[opp]
+            self.send(opp, lambda: app.client.pause_clock(opp, actor=team.actor(who), reason="legal review"),
+                      lambda: deal.pause(who))
+
+        @rule(opp=deals, who=st.sampled_from(PEOPLE))
+        def resume_clock(self, opp: str, who: str) -> None:
+            deal = self.model[opp]
+            self.send(opp, lambda: app.client.resume_clock(opp, actor=team.actor(who)),
+                      lambda: deal.resume(who))
+
+        @invariant()
+        def state_model_and_database_agree(self) -> None:
+            for opp, deal in self.model.items():
+                portal.call(agree, app, opp, deal)
+
+    return SalesDesk
+
+
+async def agree(app: PortalApp, opp: str, deal: Deal) -> None:
+    state = await app.client.state(opp)
+    expected = {
+        "stage": deal.stage,
+        "stage_entry_seq": deal.seq,
+        "owner_id": app.team.id(deal.owner),
+        "fields": deal.fields,
+        "is_closed": deal.closed,
+        "paused": deal.paused,
+    }
+    live = {k: state[k] for k in expected if k != "paused"} | {"paused": state["clock"]["paused_since"] is not None}
+    assert live == expected, f"{opp}: state {live} != model {expected}"
+    for _ in range(100):
+        row = await app.pool.fetchrow(
+            "SELECT stage, stage_entry_seq, owner_id, fields, is_closed, clock_paused AS paused, state_version, "
+            "(SELECT count(*) FROM stage_history WHERE opportunity_id = $1) AS moves FROM opportunities "
+            "WHERE id = $1", opp)
+        if row is not None and row["state_version"] == state["saved_version"]:
+            break
+        await asyncio.sleep(0.05)
+    stored = {k: row[k] for k in expected}
+    assert stored == expected, f"{opp}: database {stored} != model {expected}"
+    assert row["moves"] == deal.seq, f"{opp}: {row['moves']} stage_history rows for {deal.seq} stage entries"
+
+
+def test_random_sales_commands_keep_model_state_and_database_in_step(
+    portal: BlockingPortal, app: PortalApp
+) -> None:
+    run_state_machine_as_test(
+        deal_machine(portal, app),
+        settings=settings(max_examples=15, stateful_step_count=25, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow]),
+    )
