@@ -31,7 +31,7 @@ WORKFLOWS: Sequence[type] = (OpportunityWorkflow, HandoffWorkflow, NotificationW
 def build_worker(
     client: Client, pool: asyncpg.Pool, settings: Settings, *, task_queue: str | None = None, **options: Any
 ) -> Worker:
-    store = OpportunityStore(pool)
+    store = OpportunityStore(pool, settings.api_public_url(), settings.jwt_secret)
     secrets = [s.strip() for s in (settings.webhook_secret or "").split(",") if s.strip()]
     notifier = Notifier(pool, settings.webhook_urls, secrets)
     digests = DigestActivities(pool)

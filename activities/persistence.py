@@ -23,6 +23,7 @@ from sales.records import (
     RejectedCommand,
 )
 from starter import metrics
+from starter.action_links import links_for
 
 ACQUIRE_TIMEOUT = 5.0
 
@@ -126,8 +127,12 @@ def webhook_id_for(opportunity_id: str, subject: str, stage_entry_seq: int, leve
 class OpportunityStore:
     """Activities that read and write the opportunity tables through one pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, public_url: str | None = None, link_secret: str | None = None
+    ) -> None:
         self.pool = pool
+        self.public_url = public_url
+        self.link_secret = link_secret
 
     @activity.defn(name="persist_opportunity")
     async def persist(self, batch: PersistBatch) -> int:
@@ -285,8 +290,20 @@ class OpportunityStore:
                 )
         if inserted is not None:
             metrics.observe_escalation(esc)
+        links: dict[str, str] = {}
+        if self.public_url and self.link_secret and recipient and esc.subject == "stage":
+            # fired_at, not now: a retried activity answers the same links.
+            links = links_for(
+                self.public_url,
+                self.link_secret,
+                esc.opportunity_id,
+                esc.stage_entry_seq,
+                esc.level,
+                recipient,
+                esc.fired_at,
+            )
         return EscalationRecorded(
-            recipient_id=recipient, webhook_id=webhook_id, newly_recorded=inserted is not None
+            recipient_id=recipient, webhook_id=webhook_id, newly_recorded=inserted is not None, links=links
         )
 
     async def _recipient(

@@ -21,12 +21,11 @@ log = logging.getLogger("oppflow.api")
 
 def public_url(settings: Settings) -> str:
     """Where people reach the API (for action links in notifications)."""
-    configured: str | None = getattr(settings, "public_url", None)
-    return configured or f"http://localhost:{settings.api_port}"
+    return settings.api_public_url()
 
 
 def api_host(settings: Settings) -> str:
-    return getattr(settings, "api_host", None) or "127.0.0.1"
+    return settings.api_host
 
 
 class _EmbeddedServer(uvicorn.Server):

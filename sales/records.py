@@ -149,6 +149,7 @@ class EscalationRecorded(BaseModel):
     recipient_id: str | None
     webhook_id: str
     newly_recorded: bool
+    links: dict[str, str] = Field(default_factory=dict, description="signed one-use action links")
 
 
 class Notification(BaseModel):

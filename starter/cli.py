@@ -103,7 +103,9 @@ def parse_fields(pairs: list[str] | None) -> dict[str, Any]:
         if not sep:
             raise ValueError(f"--field {pair!r}: use key=value")
         try:
-            fields[key] = json.loads(value) if value[:1] in '[{"' or value in ("true", "false", "null") else value
+            fields[key] = (
+                json.loads(value) if value[:1] in '[{"' or value in ("true", "false", "null") else value
+            )
         except json.JSONDecodeError:
             fields[key] = value
     return fields
@@ -122,6 +124,7 @@ async def dev(
     from starter import processes
     from starter.dev_stack import run_dev_stack
     from worker import run_worker
+    from workflows.digest import ensure_digest_schedule
 
     settings = get_settings()
 
@@ -130,6 +133,7 @@ async def dev(
         pool = await create_pool(database_url, settings.db_pool_min, settings.db_pool_max)
         try:
             await processes.ensure_default(pool)
+            await ensure_digest_schedule(client, settings.task_queue)
             await run_worker(client, pool, settings)
         finally:
             await pool.close()
@@ -177,12 +181,16 @@ async def setup_temporal_cmd() -> None:
     """Register oppflow's search attributes (and namespace) on any Temporal cluster."""
     from starter.connect import connect_config, connect_temporal
     from starter.temporal_setup import setup_temporal
+    from workflows.digest import ensure_digest_schedule
 
     settings = get_settings()
     client = await connect_temporal(settings)
     namespace = connect_config(settings)["namespace"]
     done = await setup_temporal(client, namespace)
-    typer.echo(f"namespace {namespace}: search attributes ready ({', '.join(done)})")
+    schedule = await ensure_digest_schedule(client, settings.task_queue)
+    typer.echo(
+        f"namespace {namespace}: search attributes ready ({', '.join(done)}); schedule {schedule} ready"
+    )
 
 
 app.command("codec-server")(codec_server_command)
@@ -208,9 +216,16 @@ async def opp_create(
     """Start an opportunity; print its id."""
     async with connected() as client:
         created = await client.create(
-            actor=await client.actor(actor or owner), name=name, account=account, owner_id=owner,
-            opportunity_id=opp_id, amount=amount, close_date=close_date, process_name=process,
-            fields=parse_fields(field), request_id=request_id,
+            actor=await client.actor(actor or owner),
+            name=name,
+            account=account,
+            owner_id=owner,
+            opportunity_id=opp_id,
+            amount=amount,
+            close_date=close_date,
+            process_name=process,
+            fields=parse_fields(field),
+            request_id=request_id,
         )
     typer.echo(created.opportunity_id)
 
@@ -222,15 +237,22 @@ async def opp_move(
     stage: str,
     actor: Actor,
     reason: Annotated[str | None, typer.Option("--reason")] = None,
-    field: Annotated[list[str] | None, typer.Option("--field", help="key=value, set in the same step")] = None,
+    field: Annotated[
+        list[str] | None, typer.Option("--field", help="key=value, set in the same step")
+    ] = None,
     amount: Annotated[str | None, typer.Option("--amount")] = None,
     request_id: RequestId = None,
 ) -> None:
     """Change stage (closing is a move to Closed Won or Closed Lost)."""
     async with connected() as client:
         result = await client.change_stage(
-            opportunity_id, actor=await client.actor(actor), stage=stage, reason=reason,
-            fields=parse_fields(field), amount=amount, request_id=request_id,
+            opportunity_id,
+            actor=await client.actor(actor),
+            stage=stage,
+            reason=reason,
+            fields=parse_fields(field),
+            amount=amount,
+            request_id=request_id,
         )
     typer.echo(result.message)
 
@@ -248,8 +270,12 @@ async def opp_update(
     """Set fields, amount or close date."""
     async with connected() as client:
         result = await client.update_fields(
-            opportunity_id, actor=await client.actor(actor), fields=parse_fields(field), amount=amount,
-            close_date=close_date, request_id=request_id,
+            opportunity_id,
+            actor=await client.actor(actor),
+            fields=parse_fields(field),
+            amount=amount,
+            close_date=close_date,
+            request_id=request_id,
         )
     typer.echo(result.message)
 
@@ -257,26 +283,38 @@ async def opp_update(
 @opp_app.command("reopen")
 @run
 async def opp_reopen(
-    opportunity_id: str, stage: str, actor: Actor,
-    reason: Annotated[str, typer.Option("--reason")], request_id: RequestId = None,
+    opportunity_id: str,
+    stage: str,
+    actor: Actor,
+    reason: Annotated[str, typer.Option("--reason")],
+    request_id: RequestId = None,
 ) -> None:
     """Reopen a closed opportunity into an open stage."""
     async with connected() as client:
-        result = await client.reopen(opportunity_id, actor=await client.actor(actor), stage=stage,
-                                     reason=reason, request_id=request_id)
+        result = await client.reopen(
+            opportunity_id, actor=await client.actor(actor), stage=stage, reason=reason, request_id=request_id
+        )
     typer.echo(result.message)
 
 
 @opp_app.command("reassign")
 @run
 async def opp_reassign(
-    opportunity_id: str, owner: str, actor: Actor,
-    reason: Annotated[str | None, typer.Option("--reason")] = None, request_id: RequestId = None,
+    opportunity_id: str,
+    owner: str,
+    actor: Actor,
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    request_id: RequestId = None,
 ) -> None:
     """Give the opportunity to a new owner."""
     async with connected() as client:
-        result = await client.reassign(opportunity_id, actor=await client.actor(actor), owner_id=owner,
-                                       reason=reason, request_id=request_id)
+        result = await client.reassign(
+            opportunity_id,
+            actor=await client.actor(actor),
+            owner_id=owner,
+            reason=reason,
+            request_id=request_id,
+        )
     typer.echo(result.message)
 
 
@@ -287,8 +325,13 @@ async def opp_team_add(
 ) -> None:
     """Add a person to the deal team (sales_engineer, customer_success, support, legal...)."""
     async with connected() as client:
-        result = await client.add_team_member(opportunity_id, actor=await client.actor(actor), user_id=user,
-                                              team_role=team_role, request_id=request_id)
+        result = await client.add_team_member(
+            opportunity_id,
+            actor=await client.actor(actor),
+            user_id=user,
+            team_role=team_role,
+            request_id=request_id,
+        )
     typer.echo(result.message)
 
 
@@ -297,47 +340,58 @@ async def opp_team_add(
 async def opp_team_remove(opportunity_id: str, user: str, actor: Actor, request_id: RequestId = None) -> None:
     """Remove a person from the deal team."""
     async with connected() as client:
-        result = await client.remove_team_member(opportunity_id, actor=await client.actor(actor), user_id=user,
-                                                 request_id=request_id)
+        result = await client.remove_team_member(
+            opportunity_id, actor=await client.actor(actor), user_id=user, request_id=request_id
+        )
     typer.echo(result.message)
 
 
 @opp_app.command("ack")
 @run
 async def opp_ack(
-    opportunity_id: str, actor: Actor, note: Annotated[str | None, typer.Option("--note")] = None,
+    opportunity_id: str,
+    actor: Actor,
+    note: Annotated[str | None, typer.Option("--note")] = None,
     request_id: RequestId = None,
 ) -> None:
     """Acknowledge the escalation: the ladder stops until the next stage change."""
     async with connected() as client:
-        result = await client.acknowledge_escalation(opportunity_id, actor=await client.actor(actor), note=note,
-                                                     request_id=request_id)
+        result = await client.acknowledge_escalation(
+            opportunity_id, actor=await client.actor(actor), note=note, request_id=request_id
+        )
     typer.echo(result.message)
 
 
 @opp_app.command("snooze")
 @run
 async def opp_snooze(
-    opportunity_id: str, until: Annotated[str, typer.Option("--until", help="ISO date-time with zone")],
-    actor: Actor, request_id: RequestId = None,
+    opportunity_id: str,
+    until: Annotated[str, typer.Option("--until", help="ISO date-time with zone")],
+    actor: Actor,
+    request_id: RequestId = None,
 ) -> None:
     """Push the next escalation level to a date."""
     async with connected() as client:
-        result = await client.snooze_escalation(opportunity_id, actor=await client.actor(actor), until=until,
-                                                request_id=request_id)
+        result = await client.snooze_escalation(
+            opportunity_id, actor=await client.actor(actor), until=until, request_id=request_id
+        )
     typer.echo(result.message)
 
 
 @opp_app.command("pause")
 @run
 async def opp_pause(
-    opportunity_id: str, actor: Actor, reason: Annotated[str, typer.Option("--reason")],
-    until: Annotated[str | None, typer.Option("--until")] = None, request_id: RequestId = None,
+    opportunity_id: str,
+    actor: Actor,
+    reason: Annotated[str, typer.Option("--reason")],
+    until: Annotated[str | None, typer.Option("--until")] = None,
+    request_id: RequestId = None,
 ) -> None:
     """Pause the stage clock while the deal waits on the customer or legal."""
     async with connected() as client:
-        result = await client.pause_clock(opportunity_id, actor=await client.actor(actor), reason=reason,
-                                          until=until, request_id=request_id)
+        result = await client.pause_clock(
+            opportunity_id, actor=await client.actor(actor), reason=reason, until=until, request_id=request_id
+        )
     typer.echo(result.message)
 
 
@@ -346,14 +400,18 @@ async def opp_pause(
 async def opp_resume(opportunity_id: str, actor: Actor, request_id: RequestId = None) -> None:
     """Resume the stage clock."""
     async with connected() as client:
-        result = await client.resume_clock(opportunity_id, actor=await client.actor(actor), request_id=request_id)
+        result = await client.resume_clock(
+            opportunity_id, actor=await client.actor(actor), request_id=request_id
+        )
     typer.echo(result.message)
 
 
 @opp_app.command("activity")
 @run
 async def opp_activity(
-    opportunity_id: str, kind: str, actor: Actor,
+    opportunity_id: str,
+    kind: str,
+    actor: Actor,
     subject: Annotated[str | None, typer.Option("--subject")] = None,
     outcome: Annotated[str | None, typer.Option("--outcome")] = None,
     data: Annotated[list[str] | None, typer.Option("--data", help="key=value")] = None,
@@ -362,8 +420,13 @@ async def opp_activity(
     """Record an activity (meeting, call, email, quote_sent, contract_signed...)."""
     async with connected() as client:
         sent = await client.record_activity(
-            opportunity_id, actor=await client.actor(actor), kind=kind, subject=subject, outcome=outcome,
-            data=parse_fields(data), request_id=request_id,
+            opportunity_id,
+            actor=await client.actor(actor),
+            kind=kind,
+            subject=subject,
+            outcome=outcome,
+            data=parse_fields(data),
+            request_id=request_id,
         )
     typer.echo(f"recorded {kind} ({sent})")
 
@@ -371,7 +434,9 @@ async def opp_activity(
 @opp_app.command("migrate-process")
 @run
 async def opp_migrate_process(
-    opportunity_id: str, version: Annotated[int, typer.Option("--version")], actor: Actor,
+    opportunity_id: str,
+    version: Annotated[int, typer.Option("--version")],
+    actor: Actor,
     reason: Annotated[str, typer.Option("--reason")],
     process: Annotated[str | None, typer.Option("--process", help="default: the deal's own")] = None,
     request_id: RequestId = None,
@@ -380,8 +445,12 @@ async def opp_migrate_process(
     async with connected() as client:
         state = await client.state(opportunity_id)
         result = await client.migrate_process(
-            opportunity_id, actor=await client.actor(actor), name=process or state["process"]["name"],
-            version=version, reason=reason, request_id=request_id,
+            opportunity_id,
+            actor=await client.actor(actor),
+            name=process or state["process"]["name"],
+            version=version,
+            reason=reason,
+            request_id=request_id,
         )
     typer.echo(result.message)
 
@@ -403,8 +472,13 @@ async def opp_history(opportunity_id: str) -> None:
     table = Table("changed at", "from", "to", "by", "reason")
     for row in rows:
         changed: datetime = row["changed_at"]
-        table.add_row(f"{changed:%Y-%m-%d %H:%M:%S}", row["from_stage"] or "—", row["to_stage"],
-                      row["actor_id"], row["reason"] or "")
+        table.add_row(
+            f"{changed:%Y-%m-%d %H:%M:%S}",
+            row["from_stage"] or "—",
+            row["to_stage"],
+            row["actor_id"],
+            row["reason"] or "",
+        )
     console.print(table)
 
 
@@ -470,8 +544,13 @@ async def process_list() -> None:
         rows = await processes.list_versions(client.pool)
     table = Table("name", "version", "stages", "published at", "by")
     for row in rows:
-        table.add_row(row["name"], str(row["version"]), str(row["stages"]),
-                      f"{row['published_at']:%Y-%m-%d %H:%M}", row["published_by"] or "")
+        table.add_row(
+            row["name"],
+            str(row["version"]),
+            str(row["stages"]),
+            f"{row['published_at']:%Y-%m-%d %H:%M}",
+            row["published_by"] or "",
+        )
     console.print(table)
 
 

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     db_pool_min: int = 1
     db_pool_max: int = 10
     metrics_port: int | None = None
+    public_url: str | None = None  # where people reach the API; used in action links
+    api_host: str = "127.0.0.1"
+
+    def api_public_url(self) -> str:
+        """Where people reach the API (for action links in notifications)."""
+        return self.public_url or f"http://localhost:{self.api_port}"
 
     @field_validator("webhook_urls", mode="before")
     @classmethod

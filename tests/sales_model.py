@@ -89,7 +89,7 @@ class Deal:
         here = OPEN.index(self.stage)
         if target != "Closed Lost":
             there = OPEN.index(target)
-            if here - there > 1 and not overriding:
+            if here - there > 2 and not overriding:
                 raise Refused("backward_limit")
             skipped = OPEN[here + 1 : there]
             needed = [n for s in skipped for n in EXIT_REQUIRES.get(s, []) + ENTRY_REQUIRES.get(s, [])]

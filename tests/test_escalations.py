@@ -262,6 +262,8 @@ async def test_webhooks_are_signed_and_carry_a_stable_id(app: App, receiver: Rec
         app.team.id("rep"),
     )
     assert data["days_in_stage"] >= 14 and "acknowledge_escalation" in data["actions"]
+    assert {"acknowledge", "snooze_1d", "open"} <= set(data["links"])
+    assert all(link.startswith("http://localhost:8000/actions/") for link in data["links"].values())
     tampered = delivery.body.replace("Prospecting", "Negotiation")
     with pytest.raises(Exception, match="signature"):
         Webhook(SECRET).verify(tampered, delivery.headers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,15 +17,17 @@ from typing import Any
 import asyncpg
 import pytest
 import pytest_asyncio
+from pydantic import BaseModel
 from temporalio.testing import WorkflowEnvironment
 
+from sales import process
 from sales.process import PROCESS_FOLDER, SalesProcess, default_process
 from starter import processes
 from starter.client import CommandRejected
 from tests.helpers import assert_eq_eventually
 from tests.sales_team import App, running_app
 
-OPPFLOW = Path(__file__).parent.parent / ".venv" / "bin" / "oppflow"
+OPPFLOW = Path(sys.executable).parent / "oppflow"  # installed next to the interpreter running the tests
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -331,3 +334,26 @@ async def test_publishing_from_the_command_line(
         "Renewal Due",
         "Best Case",
     )
+
+
+def test_the_process_format_guide_explains_every_key() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "process-format.md").read_text(encoding="utf-8")
+    models: list[type[BaseModel]] = [
+        process.SalesProcess,
+        process.StageRules,
+        process.FieldSpec,
+        process.StageDefinition,
+        process.EscalationStep,
+        process.HandoffDefinition,
+        process.AutomationRule,
+        process.ActivityCondition,
+        process.AutomationAction,
+    ]
+    prefixes = {process.ActivityCondition: "when.", process.AutomationAction: "then."}
+    undocumented = [
+        f"{model.__name__}.{key}"
+        for model in models
+        for key in model.model_fields
+        if f"`{prefixes.get(model, '')}{key}`" not in guide
+    ]
+    assert undocumented == []

@@ -64,19 +64,36 @@ async def test_list_filters_follow_stage_owner_escalation_and_close_date(app: Ap
     ids = {name: app.opp_id() for name in ("escalated", "moved", "handed_over", "stopped", "other")}
 
     async def create(name: str, owner: str, stage: str, close_date: str, **extra: object) -> None:
-        await client.create(actor=team.actor("mgr"), name=f"{name} deal", account="Acme", owner_id=owner,
-                            opportunity_id=ids[name], stage=stage, close_date=close_date, **extra)
+        await client.create(
+            actor=team.actor("mgr"),
+            name=f"{name} deal",
+            account="Acme",
+            owner_id=owner,
+            opportunity_id=ids[name],
+            stage=stage,
+            close_date=close_date,
+            **extra,
+        )
 
-    await create("escalated", rep, NEGOTIATION, "2026-12-15", amount="125000",
-                 stage_entered_at=entered_at_first_level(process, NEGOTIATION, datetime.now(UTC)))
-    await create("moved", rep, "Proposal/Price Quote", "2027-03-31", amount="40000",
-                 fields={"decision_maker": "CFO"})
+    await create(
+        "escalated",
+        rep,
+        NEGOTIATION,
+        "2026-12-15",
+        amount="125000",
+        stage_entered_at=entered_at_first_level(process, NEGOTIATION, datetime.now(UTC)),
+    )
+    await create(
+        "moved", rep, "Proposal/Price Quote", "2027-03-31", amount="40000", fields={"decision_maker": "CFO"}
+    )
     await create("handed_over", rep, "Qualification", "2026-12-01")
     await create("stopped", rep, "Prospecting", "2026-11-30")
     await create("other", rep2, "Prospecting", "2027-01-15")
 
     await client.change_stage(ids["moved"], actor=team.actor("rep"), stage=NEGOTIATION)
-    await client.reassign(ids["handed_over"], actor=team.actor("mgr"), owner_id=rep2, reason="territory change")
+    await client.reassign(
+        ids["handed_over"], actor=team.actor("mgr"), owner_id=rep2, reason="territory change"
+    )
     await app.temporal.get_workflow_handle(workflow_id(ids["stopped"])).terminate(reason="duplicate deal")
 
     wf = {name: workflow_id(opp) for name, opp in ids.items()}
@@ -88,7 +105,9 @@ async def test_list_filters_follow_stage_owner_escalation_and_close_date(app: Ap
         f'OpportunityOwner = "{rep}" AND ExecutionStatus = "Running"': {wf["escalated"], wf["moved"]},
         f'OpportunityOwner = "{rep2}"': {wf["handed_over"], wf["other"]},
         f'OpportunityCloseDate < "2026-12-31T00:00:00Z" AND {team_only}': {
-            wf["escalated"], wf["handed_over"], wf["stopped"],
+            wf["escalated"],
+            wf["handed_over"],
+            wf["stopped"],
         },
         f"EscalationLevel >= 2 AND {team_only}": set(),
     }
@@ -111,12 +130,21 @@ async def test_list_filters_follow_stage_owner_escalation_and_close_date(app: Ap
 async def test_the_amount_filter_follows_a_field_update(app: App) -> None:
     team, client = app.team, app.client
     opp = app.opp_id()
-    await client.create(actor=team.actor("rep"), name="Upsell", account="Globex", owner_id=team.id("rep"),
-                        opportunity_id=opp, amount="9000")
+    await client.create(
+        actor=team.actor("rep"),
+        name="Upsell",
+        account="Globex",
+        owner_id=team.id("rep"),
+        opportunity_id=opp,
+        amount="9000",
+    )
     await client.update_fields(opp, actor=team.actor("rep"), amount="250000")
     query = f'OpportunityOwner = "{team.id("rep")}" AND OpportunityAmount >= 100000'
     await assert_eq_eventually(
-        {workflow_id(opp)}, lambda: workflow_ids(app.temporal, query), timeout=VISIBILITY_TIMEOUT, interval=0.3
+        {workflow_id(opp)},
+        lambda: workflow_ids(app.temporal, query),
+        timeout=VISIBILITY_TIMEOUT,
+        interval=0.3,
     )
 
 
@@ -127,13 +155,18 @@ def run_setup_temporal(address: str, namespace: str, cwd: Path) -> subprocess.Co
     env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
     env.update(TEMPORAL_ADDRESS=address, TEMPORAL_NAMESPACE=namespace, COLUMNS="200")
     oppflow = str(Path(sys.executable).parent / "oppflow")
-    return subprocess.run([oppflow, "setup-temporal"], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=90)
+    return subprocess.run(
+        [oppflow, "setup-temporal"], env=env, cwd=cwd, capture_output=True, text=True, timeout=90
+    )
 
 
 async def registered_types(client: Client, namespace: str) -> dict[str, SAType]:
-    listing = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
-    return {name: SAType(value) for name, value in listing.custom_attributes.items() if name in SEARCH_ATTRIBUTES}
+    listing = await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace)
+    )
+    return {
+        name: SAType(value) for name, value in listing.custom_attributes.items() if name in SEARCH_ATTRIBUTES
+    }
 
 
 def address_of(env: WorkflowEnvironment) -> str:
@@ -181,5 +214,8 @@ async def test_setup_temporal_names_an_attribute_registered_with_another_type(
     result = await asyncio.to_thread(run_setup_temporal, address_of(temporal_env), namespace, tmp_path)
 
     assert result.returncode == 1
-    assert result.stderr.strip() == "error: search attribute OpportunityStage exists as Text, oppflow needs Keyword"
+    assert (
+        result.stderr.strip()
+        == "error: search attribute OpportunityStage exists as Text, oppflow needs Keyword"
+    )
     assert await registered_types(temporal_env.client, namespace) == {"OpportunityStage": SAType.TEXT}

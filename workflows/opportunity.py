@@ -268,6 +268,7 @@ class OpportunityWorkflow:
                     "stage_entered_at": record.stage_entered_at.isoformat(),
                     "days_in_stage": round((now - record.stage_entered_at).total_seconds() / 86400, 1),
                     "due_at": chosen.due_at.isoformat(),
+                    "links": recorded.links,
                     "actions": [
                         "acknowledge_escalation",
                         "snooze_escalation",
