@@ -11,6 +11,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# A call not answered in this time counts as an error instead of stalling the run.
+CALL_TIMEOUT_S = 120.0
+
 
 def percentile(values: list[float], pct: float) -> float:
     """Nearest-rank percentile; 0.0 for no values."""
@@ -67,7 +70,7 @@ async def timed_calls(items: Iterable[T], callers: int, call: Callable[[T], Awai
             item = queue.get_nowait()
             began = time.perf_counter()
             try:
-                await call(item)
+                await asyncio.wait_for(call(item), CALL_TIMEOUT_S)
             except Exception as exc:
                 sample.errors.append(f"{type(exc).__name__}: {exc}"[:300])
                 continue
@@ -104,7 +107,7 @@ async def timed_sequences(
             key, step = getter.result()
             began = time.perf_counter()
             try:
-                await call(key, step)
+                await asyncio.wait_for(call(key, step), CALL_TIMEOUT_S)
                 sample.latencies.append(time.perf_counter() - began)
             except Exception as exc:
                 sample.errors.append(f"{type(exc).__name__}: {exc}"[:300])

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from temporalio.api.enums.v1 import EventType
+
 from bench.baseline import BARE_WORKFLOW, BareInput
 from bench.clients import LeanClient, TimedClient
 from bench.measure import Sample, percentile, poll_until, pooled, timed_calls, timed_sequences
@@ -97,6 +99,7 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     client = OpportunityClient(stack.client, stack.pool, OPPFLOW_QUEUE)
     samples: dict[str, list[Sample]] = {"bare update": [], "bare update + LA insert": [], "oppflow": []}
     persisted_ok = True
+    last_bare = ""
     for _ in range(sizes.rounds):
         for variant, update in (("bare update", "set_stage"), ("bare update + LA insert", "set_stage_saved")):
             tag = _tag()
@@ -111,6 +114,8 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
                 )
 
             samples[variant].append(await timed_sequences(ids, m, c, bare_move))
+            if update == "set_stage":
+                last_bare = ids[0]
 
         tag = _tag()
         opp_ids = [f"chg-{tag}-{i}" for i in range(n)]
@@ -129,6 +134,10 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
 
     figures = {name: pooled(s).summary() for name, s in samples.items()}
     rounds = {name: [s.summary() for s in runs] for name, runs in samples.items()}
+    history = {
+        "bare update": await _history_shape(stack, last_bare),
+        "oppflow": await _history_shape(stack, f"opportunity-{opp_ids[0]}"),
+    }
     bare, ours = figures["bare update"], figures["oppflow"]
     ratios = {
         "throughput_vs_bare": _ratio(ours["per_s"], bare["per_s"]),
@@ -141,11 +150,23 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
         "rounds": rounds,
         "ratios": ratios,
         "all_rows_in_postgres_when_answered": persisted_ok,
+        "history_of_one_deal": history,
         "targets": {
             "throughput >= 0.8x bare update": ratios["throughput_vs_bare"] >= 0.8,
             "p99 <= 2x bare update": ratios["p99_vs_bare"] <= 2.0,
         },
     }
+
+
+async def _history_shape(stack: Stack, workflow_id: str) -> dict[str, Any]:
+    """Events and workflow tasks in one deal's history (its creation and M changes)."""
+    kinds: dict[str, int] = {}
+    size = 0
+    async for event in stack.client.get_workflow_handle(workflow_id).fetch_history_events():
+        name = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+        kinds[name] = kinds.get(name, 0) + 1
+        size += event.ByteSize()
+    return {"events": sum(kinds.values()), "bytes": size, "by_type": kinds}
 
 
 # -- 2. creation ---------------------------------------------------------------------------------

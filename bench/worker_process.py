@@ -80,10 +80,11 @@ class WorkerProcess:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            await asyncio.wait_for(self.process.wait(), grace)
+            # communicate() also closes the pipe, so nothing is left for the closed loop
+            await asyncio.wait_for(self.process.communicate(), grace)
         except TimeoutError:
             self.process.kill()
-            await self.process.wait()
+            await self.process.communicate()
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -119,13 +119,16 @@ def check_change_stage(state: OpportunityState, cmd: ChangeStage) -> None:
     if not (target.closed and not target.won):  # closing lost is always possible
         _check_direction(state, target, values, held, overriding, cmd.reason)
 
+    # Exit criteria guard moving forward (closing won included); moving back or losing the
+    # deal never needs them.
+    forward = target.won or (not target.closed and process.index(target.name) > process.index(current.name))
     missing = missing_fields(current.requires, values)
-    if missing and not (target.closed and not target.won):
+    if missing and forward:
         raise CommandRefused(
             "exit_criteria", f"cannot leave {current.name}: missing {', '.join(missing)}", missing
         )
     blocking = missing_handoffs(state, current.requires_handoffs)
-    if blocking and not target.closed and process.index(target.name) > process.index(current.name):
+    if blocking and forward:
         raise CommandRefused(
             "handoff_required",
             f"cannot leave {current.name}: hand-off not completed: {', '.join(blocking)}",

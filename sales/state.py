@@ -148,3 +148,6 @@ class HandoffInput(BaseModel):
     owner_id: str
     holidays: list[date] = Field(default_factory=list)
     level: int = 0
+    managers: list[str] = Field(
+        default_factory=list, description="managers who may decide in the assignee's place"
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -564,7 +565,19 @@ register_api_commands(app)
 
 
 def main() -> None:
-    app()
+    """The `oppflow` command. It leaves with os._exit: the Temporal client's background threads
+    can abort a normal interpreter shutdown (temporalio/sdk-python#300), turning a finished
+    command into SIGABRT."""
+    try:
+        app()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

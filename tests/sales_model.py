@@ -11,8 +11,16 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-OPEN = ["Prospecting", "Qualification", "Needs Analysis", "Value Proposition", "Id. Decision Makers",
-        "Perception Analysis", "Proposal/Price Quote", "Negotiation/Review"]
+OPEN = [
+    "Prospecting",
+    "Qualification",
+    "Needs Analysis",
+    "Value Proposition",
+    "Id. Decision Makers",
+    "Perception Analysis",
+    "Proposal/Price Quote",
+    "Negotiation/Review",
+]
 TARGETS = [*OPEN[:5], "Closed Lost", "Negotiation"]  # "Negotiation" is not a stage
 EXIT_REQUIRES = {"Qualification": ["budget", "timeline"], "Id. Decision Makers": ["decision_maker"]}
 ENTRY_REQUIRES = {"Proposal/Price Quote": ["amount", "decision_maker"], "Closed Lost": ["loss_reason"]}
@@ -89,7 +97,7 @@ class Deal:
         here = OPEN.index(self.stage)
         if target != "Closed Lost":
             there = OPEN.index(target)
-            if here - there > 2 and not overriding:
+            if here - there > 1 and not overriding:
                 raise Refused("backward_limit")
             skipped = OPEN[here + 1 : there]
             needed = [n for s in skipped for n in EXIT_REQUIRES.get(s, []) + ENTRY_REQUIRES.get(s, [])]

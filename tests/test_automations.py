@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import pytest
 import pytest_asyncio
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
@@ -331,11 +330,6 @@ async def later_moves(app: App, opp: str) -> list[tuple[str | None, str, str]]:
     return (await moves(app, opp))[1:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="any sender's activity runs automations with automation rights: "
-    "workflows/opportunity.py _apply_automations does not check the sender's standing",
-)
 async def test_an_activity_from_someone_outside_the_deal_triggers_no_automation(app: App) -> None:
     opp = await new_deal(app, stage="Negotiation/Review", fields={"decision_maker": "CFO Dana"})
     other_rep = app.team.actor("rep2")
@@ -387,11 +381,6 @@ async def publish_chain(app: App, name: str, limit: int, rules: list[str]) -> st
     return process.name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stage_changed events lose their chain depth and fired rules: "
-    "workflows/opportunity.py _queue_stage_event reads them from the already-popped queue",
-)
 async def test_automation_chains_stop_at_the_limit_and_a_rule_never_retriggers_itself(app: App) -> None:
     chain = await publish_chain(
         app,

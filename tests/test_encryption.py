@@ -35,7 +35,7 @@ from starter.codec import (
 )
 from starter.connect import connect_temporal
 from starter.settings import Settings
-from starter.temporal_server import DevServerOptions, start_dev_server
+from starter.temporal_server import DevServerOptions, start_dev_server, temporal_binary
 from tests.sales_team import App, running_app
 from tests.worker_process import clean_env, oppflow_binary, temporal_address
 from worker import build_worker
@@ -43,6 +43,7 @@ from worker import build_worker
 KEY_1 = base64.b64encode(os.urandom(32)).decode()
 KEY_2 = base64.b64encode(os.urandom(32)).decode()
 UI_ORIGIN = "http://localhost:8233"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "ui"
 
 
 def free_port() -> int:
@@ -116,6 +117,7 @@ async def test_history_holds_no_deal_data_in_plaintext(
     plain_history = await history_bytes(temporal_env.client, opp)  # a client without the codec
     assert secret.encode() not in plain_history
     assert b"Initech" not in plain_history
+    assert b"change(s)" not in plain_history  # activity summaries ("save 1 change(s): ...") too
     # Search attributes (stage, owner, amount, dates) are indexed by Temporal, so never encrypted.
     assert b"OpportunityAmount" in plain_history
     payloads = await stored_payloads(temporal_env.client, opp)
@@ -273,6 +275,30 @@ async def test_the_codec_server_decodes_history_for_the_ui(
             again = await http.post("/decode", json=round_trip.json(), headers=headers)
             assert again.json() == decoded.json()
             assert (await http.post("/decode", content=b"{not json", headers=headers)).status_code == 400
+
+        # Temporal's own CLI, as an operator would use it, speaks the same protocol.
+        shown = await asyncio.create_subprocess_exec(
+            temporal_binary(),
+            "workflow",
+            "show",
+            "--workflow-id",
+            workflow_id(opp),
+            "--output",
+            "json",
+            "--address",
+            temporal_address(temporal_env.client),
+            "--codec-endpoint",
+            f"http://127.0.0.1:{port}",
+            "--codec-auth",
+            "Bearer codec-token",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output = (await shown.communicate())[0].decode()
+        assert shown.returncode == 0, output[-2000:]
+        started = json.loads(output)["events"][0]["workflowExecutionStartedEventAttributes"]
+        shown_input = base64.b64decode(started["input"]["payloads"][0]["data"]).decode()
+        assert json.loads(shown_input)["create"]["name"] == f"Project {secret}"
     finally:
         server.terminate()
         await server.wait()
@@ -306,3 +332,56 @@ def test_the_codec_server_refuses_to_start_without_keys(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "OPPFLOW_ENCRYPTION_KEYS is not set" in done.stderr
+
+
+@pytest.mark.browser
+async def test_the_temporal_ui_shows_decrypted_deals_through_the_codec_server(
+    db_pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    from tests.test_ui_browser import CHROMIUM_FLAGS, chromium
+
+    executable = chromium()
+    port, ui_port, codec_port = free_port(), free_port(), free_port()
+    ui_origin = f"http://localhost:{ui_port}"
+    codec = await asyncio.create_subprocess_exec(
+        oppflow_binary(),
+        "codec-server",
+        "--port",
+        str(codec_port),
+        env=clean_env(OPPFLOW_ENCRYPTION_KEYS=f"k1:{KEY_1}", OPPFLOW_CODEC_CORS_ORIGINS=ui_origin),
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    server = await start_dev_server(
+        DevServerOptions(
+            port=port,
+            ui_port=ui_port,
+            extra_args=["--ui-codec-endpoint", f"http://localhost:{codec_port}"],
+        )
+    )
+    try:
+        await wait_until_listening(codec_port, codec)
+        client = await encrypted_client(await Client.connect(server.address), f"k1:{KEY_1}")
+        secret = sentinel()
+        async with running_app(client, db_pool) as app:
+            opp = await new_secret_deal(app, secret)
+            run_id = (await client.get_workflow_handle(workflow_id(opp)).describe()).run_id
+        async with async_playwright() as playwright:
+            browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
+            try:
+                page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+                await page.goto(
+                    f"{ui_origin}/namespaces/default/workflows/{workflow_id(opp)}/{run_id}/history"
+                )
+                await expect(page.get_by_text(f"Project {secret}").first).to_be_visible(timeout=30_000)
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                await page.screenshot(path=str(ARTIFACTS / "codec-decoded-history.png"), full_page=True)
+            finally:
+                await browser.close()
+    finally:
+        await server.astop()
+        codec.terminate()
+        await codec.wait()

@@ -44,7 +44,8 @@ def app(portal: BlockingPortal, temporal_env: WorkflowEnvironment, postgres_url:
 def field_edits(min_size: int = 0) -> st.SearchStrategy[dict[str, Any]]:
     """One to two of the process's fields, each with a value of its own kind (some invalid)."""
     pair = st.sampled_from(sorted(FIELD_VALUES)).flatmap(
-        lambda name: st.tuples(st.just(name), st.sampled_from(FIELD_VALUES[name])))
+        lambda name: st.tuples(st.just(name), st.sampled_from(FIELD_VALUES[name]))
+    )
     return st.lists(pair, min_size=min_size, max_size=2).map(dict)
 
 
@@ -70,16 +71,25 @@ def deal_machine(portal: BlockingPortal, app: PortalApp) -> type[RuleBasedStateM
                 got = None
             except CommandRejected as rejected:
                 got = rejected.rule
-            assert got == expected, f"{opp}: app {'refused ' + got if got else 'accepted'}, model " \
-                                    f"{'refused ' + expected if expected else 'accepted'}"
+            assert got == expected, (
+                f"{opp}: app {'refused ' + got if got else 'accepted'}, model "
+                f"{'refused ' + expected if expected else 'accepted'}"
+            )
             portal.call(agree, app, opp, self.model[opp])
 
         @initialize(target=deals)
         def create(self) -> str:
             opp = f"model-{uuid.uuid4().hex[:10]}"
-            portal.call(lambda: app.client.create(
-                actor=team.actor("rep"), name="Model deal", account="Model Inc", owner_id=team.id("rep"),
-                opportunity_id=opp, amount="5000"))
+            portal.call(
+                lambda: app.client.create(
+                    actor=team.actor("rep"),
+                    name="Model deal",
+                    account="Model Inc",
+                    owner_id=team.id("rep"),
+                    opportunity_id=opp,
+                    amount="5000",
+                )
+            )
             self.model[opp] = Deal(owner="rep")
             return opp
 
@@ -87,46 +97,67 @@ def deal_machine(portal: BlockingPortal, app: PortalApp) -> type[RuleBasedStateM
         def another_deal(self) -> str:
             return self.create()
 
-        @rule(opp=deals, who=st.sampled_from(PEOPLE), stage=st.sampled_from(TARGETS),
-              fields=st.one_of(st.just({}), field_edits()),
-              reason=st.sampled_from([None, "customer asked"]))
+        @rule(
+            opp=deals,
+            who=st.sampled_from(PEOPLE),
+            stage=st.sampled_from(TARGETS),
+            fields=st.one_of(st.just({}), field_edits()),
+            reason=st.sampled_from([None, "customer asked"]),
+        )
         def move(self, opp: str, who: str, stage: str, fields: dict[str, Any], reason: str | None) -> None:
             deal = self.model[opp]
-            self.send(opp, lambda: app.client.change_stage(
-                opp, actor=team.actor(who), stage=stage, fields=fields, reason=reason),
-                lambda: deal.move(who, stage, fields, reason))
+            self.send(
+                opp,
+                lambda: app.client.change_stage(
+                    opp, actor=team.actor(who), stage=stage, fields=fields, reason=reason
+                ),
+                lambda: deal.move(who, stage, fields, reason),
+            )
 
         @rule(opp=deals, who=st.sampled_from(PEOPLE), fields=field_edits(min_size=1))
         def update_fields(self, opp: str, who: str, fields: dict[str, Any]) -> None:
             deal = self.model[opp]
-            self.send(opp, lambda: app.client.update_fields(opp, actor=team.actor(who), fields=fields),
-                      lambda: deal.update(who, fields))
+            self.send(
+                opp,
+                lambda: app.client.update_fields(opp, actor=team.actor(who), fields=fields),
+                lambda: deal.update(who, fields),
+            )
 
         @rule(opp=deals)
         def qualify(self, opp: str) -> None:
             """The owner fills in every field a stage asks for, so deals get far down the path."""
             deal = self.model[opp]
             who = deal.owner
-            self.send(opp, lambda: app.client.update_fields(opp, actor=team.actor(who), fields=QUALIFIED),
-                      lambda: deal.update(who, QUALIFIED))
+            self.send(
+                opp,
+                lambda: app.client.update_fields(opp, actor=team.actor(who), fields=QUALIFIED),
+                lambda: deal.update(who, QUALIFIED),
+            )
 
         @rule(opp=deals, who=st.sampled_from(PEOPLE), new_owner=st.sampled_from(["rep", "rep2"]))
         def reassign(self, opp: str, who: str, new_owner: str) -> None:
             deal = self.model[opp]
-            self.send(opp, lambda: app.client.reassign(opp, actor=team.actor(who), owner_id=team.id(new_owner)),
-                      lambda: deal.reassign(who, new_owner))
+            self.send(
+                opp,
+                lambda: app.client.reassign(opp, actor=team.actor(who), owner_id=team.id(new_owner)),
+                lambda: deal.reassign(who, new_owner),
+            )
 
         @rule(opp=deals, who=st.sampled_from(PEOPLE))
         def pause_clock(self, opp: str, who: str) -> None:
             deal = self.model[opp]
-            self.send(opp, lambda: app.client.pause_clock(opp, actor=team.actor(who), reason="legal review"),
-                      lambda: deal.pause(who))
+            self.send(
+                opp,
+                lambda: app.client.pause_clock(opp, actor=team.actor(who), reason="legal review"),
+                lambda: deal.pause(who),
+            )
 
         @rule(opp=deals, who=st.sampled_from(PEOPLE))
         def resume_clock(self, opp: str, who: str) -> None:
             deal = self.model[opp]
-            self.send(opp, lambda: app.client.resume_clock(opp, actor=team.actor(who)),
-                      lambda: deal.resume(who))
+            self.send(
+                opp, lambda: app.client.resume_clock(opp, actor=team.actor(who)), lambda: deal.resume(who)
+            )
 
         def teardown(self) -> None:
             """Commands touch one deal each (checked after each step); at the end, all of them."""
@@ -146,13 +177,17 @@ async def agree(app: PortalApp, opp: str, deal: Deal) -> None:
         "is_closed": deal.closed,
         "paused": deal.paused,
     }
-    live = {k: state[k] for k in expected if k != "paused"} | {"paused": state["clock"]["paused_since"] is not None}
+    live = {k: state[k] for k in expected if k != "paused"} | {
+        "paused": state["clock"]["paused_since"] is not None
+    }
     assert live == expected, f"{opp}: state {live} != model {expected}"
     for _ in range(100):
         row = await app.pool.fetchrow(
-            "SELECT stage, stage_entry_seq, owner_id, fields, is_closed, clock_paused AS paused, state_version, "
-            "(SELECT count(*) FROM stage_history WHERE opportunity_id = $1) AS moves FROM opportunities "
-            "WHERE id = $1", opp)
+            "SELECT stage, stage_entry_seq, owner_id, fields, is_closed, clock_paused AS paused, "
+            "state_version, (SELECT count(*) FROM stage_history WHERE opportunity_id = $1) AS moves "
+            "FROM opportunities WHERE id = $1",
+            opp,
+        )
         if row is not None and row["state_version"] == state["saved_version"]:
             break
         await asyncio.sleep(0.05)
@@ -166,6 +201,10 @@ def test_random_sales_commands_keep_model_state_and_database_in_step(
 ) -> None:
     run_state_machine_as_test(
         deal_machine(portal, app),
-        settings=settings(max_examples=10, stateful_step_count=30, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow]),
+        settings=settings(
+            max_examples=10,
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
     )

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from api.app import create_app
 from api.auth import mint_token
@@ -33,6 +34,7 @@ from starter import metrics, observability, processes
 from starter.client import CommandRejected, OpportunityClient, workflow_id
 from starter.org_chart import import_people
 from tests.helpers import new_task_queue
+from tests.log_probe_workflow import LogContextProbe, Probe
 from tests.sales_team import SalesTeam, running_app
 from tests.webhook_receiver import webhook_receiver
 from tests.worker_process import clean_env, temporal_address, wait_for_pollers, worker_process
@@ -237,6 +239,31 @@ async def test_one_trace_runs_from_the_http_request_through_the_workflow_to_its_
     assert (persisted["workflow_id"], persisted["request_id"]) == (workflow_id(opp), key)
     outside = next(r for r in records if r["message"] == "logged after the request")
     assert outside["request_id"] is None and outside["opportunity_id"] is None
+
+
+async def test_workflow_log_lines_carry_the_deal_and_the_command(
+    temporal_env: WorkflowEnvironment, captured_logs: io.StringIO
+) -> None:
+    queue, opp = new_task_queue(), f"opp-{uuid.uuid4().hex[:10]}"
+    async with Worker(
+        temporal_env.client,
+        task_queue=queue,
+        workflows=[LogContextProbe],
+        interceptors=observability.worker_interceptors(),
+    ):
+        handle = await temporal_env.client.start_workflow(
+            LogContextProbe.run, id=workflow_id(opp), task_queue=queue
+        )
+        await handle.execute_update(LogContextProbe.finish, Probe(request_id="req-finish"))
+        await handle.result()
+    records = {
+        r["message"].split(" (")[0]: r
+        for r in map(json.loads, captured_logs.getvalue().splitlines())
+        if r["logger"] == "temporalio.workflow"
+    }
+    ids = ("opportunity_id", "workflow_id", "request_id")
+    assert tuple(records["probe started"][k] for k in ids) == (opp, workflow_id(opp), None)
+    assert tuple(records["probe finishing"][k] for k in ids) == (opp, workflow_id(opp), "req-finish")
 
 
 def test_tracing_is_off_unless_asked_for() -> None:

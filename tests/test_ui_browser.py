@@ -43,6 +43,7 @@ CHROMIUM_FLAGS = [
 ]
 NEGOTIATION = "Negotiation/Review"
 UI_TIMEOUT_MS = 30_000
+VIEWPORT = {"width": 1400, "height": 1000}
 WORKFLOW_ID = re.compile(r"opportunity-[\w-]+")
 
 
@@ -76,26 +77,30 @@ class Deals:
     def wf(self, name: str) -> str:
         return workflow_id(self.ids[name])
 
-    def name(self, name: str) -> str:
-        return f"{name.title()} {self.app.team.tag}"
 
-
-ACCOUNTS = {"escalated": "Acme Corp", "moved": "Globex", "qualifying": "Initech", "validating": "Umbrella"}
+# name -> (deal name, account)
+DEALS = {
+    "escalated": ("Acme rollout", "Acme Corp"),
+    "moved": ("Globex renewal", "Globex"),
+    "qualifying": ("Initech pilot", "Initech"),
+    "validating": ("Umbrella security suite", "Umbrella"),
+}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def deals(ui_server: DevServer, db_pool: asyncpg.Pool) -> AsyncIterator[Deals]:
     temporal = await Client.connect(ui_server.address, data_converter=pydantic_data_converter)
     async with running_app(temporal, db_pool) as app:
-        seeded = Deals(app, {name: app.opp_id() for name in ACCOUNTS}, str(ui_server.ui_url))
+        seeded = Deals(app, {name: app.opp_id() for name in DEALS}, str(ui_server.ui_url))
         team, client = app.team, app.client
         process = await client.process_for(None)
 
         async def create(name: str, stage: str, **extra: object) -> None:
+            deal_name, account = DEALS[name]
             await client.create(
                 actor=team.actor("rep"),
-                name=seeded.name(name),
-                account=ACCOUNTS[name],
+                name=deal_name,
+                account=account,
                 owner_id=team.id("rep"),
                 opportunity_id=seeded.ids[name],
                 stage=stage,
@@ -122,7 +127,7 @@ async def deals(ui_server: DevServer, db_pool: asyncpg.Pool) -> AsyncIterator[De
 
         everyone = f'OpportunityOwner = "{team.id("rep")}"'
         await assert_eq_eventually(
-            {seeded.wf(n) for n in ACCOUNTS},
+            {seeded.wf(n) for n in DEALS},
             lambda: workflow_ids(temporal, everyone),
             timeout=20,
             interval=0.3,
@@ -141,6 +146,7 @@ async def card_shows(temporal: Client, wf_id: str, text: str) -> bool:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def browser(ui_server: DevServer) -> AsyncIterator[Browser]:
+    expect.set_options(timeout=UI_TIMEOUT_MS)
     async with async_playwright() as playwright:
         launched = await playwright.chromium.launch(executable_path=chromium(), args=CHROMIUM_FLAGS)
         try:
@@ -149,9 +155,10 @@ async def browser(ui_server: DevServer) -> AsyncIterator[Browser]:
             await launched.close()
 
 
-@pytest_asyncio.fixture(loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def page(browser: Browser) -> AsyncIterator[Page]:
-    context = await browser.new_context(viewport={"width": 1400, "height": 1000}, timezone_id="UTC")
+    """One tab for the module: the UI's scripts load once and stay cached between pages."""
+    context = await browser.new_context(viewport=VIEWPORT, timezone_id="UTC")
     context.set_default_timeout(UI_TIMEOUT_MS)
     try:
         yield await context.new_page()
@@ -167,7 +174,7 @@ async def screenshot(page: Page, name: str) -> None:
 async def listed_workflows(page: Page, deals: Deals, query: str, expected_count: int) -> set[str]:
     await page.goto(f"{deals.ui_url}/namespaces/default/workflows?query={quote(query)}")
     rows = page.get_by_test_id("workflows-summary-configurable-table-row")
-    await expect(rows).to_have_count(expected_count, timeout=UI_TIMEOUT_MS)
+    await expect(rows).to_have_count(expected_count)
     found = set()
     for text in await rows.all_inner_texts():
         match = WORKFLOW_ID.search(text)
@@ -209,9 +216,7 @@ async def test_a_deals_page_reads_like_a_deal_card(page: Page, deals: Deals) -> 
     next_due = datetime.fromisoformat(state["next_escalation_due_at"])
 
     await open_deal(page, deals, "escalated", "user-metadata")
-    await expect(rendered(page, "summary").locator("body")).to_contain_text(
-        f"{deals.name('escalated')} — Acme Corp"
-    )
+    await expect(rendered(page, "summary").locator("body")).to_contain_text("Acme rollout — Acme Corp")
     await expect(rendered(page, "details").locator("body")).to_contain_text(
         f"Opportunity {deals.ids['escalated']}, process new-business v1"
     )
@@ -229,15 +234,20 @@ async def test_a_deals_page_reads_like_a_deal_card(page: Page, deals: Deals) -> 
         await expect(card).to_contain_text(line)
     await screenshot(page, "deal-card-escalated")
 
+    # Compact history: one row per timer, activity and child workflow, with its summary.
+    await page.set_viewport_size({"width": 1900, "height": 1200})
     await open_deal(page, deals, "escalated", "history")
+    await page.get_by_role("button", name="Compact").click()
     for label in [
-        f"{deals.name('escalated')} — Acme Corp",
+        "save 1 change(s): create",
         "remind the owner (Negotiation/Review, level 1)",
-        "stage clock: Negotiation/Review — level 2, escalate to manager",
         "webhook opportunity.escalated",
+        "stage clock: Negotiation/Review — level 2, escalate to manager",
     ]:
         await expect(page.get_by_text(label, exact=True).first).to_be_visible()
-    await screenshot(page, "history-escalated")
+    await page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    await page.screenshot(path=str(ARTIFACTS / "history-escalated.png"))
+    await page.set_viewport_size(VIEWPORT)
 
 
 async def test_missing_fields_and_open_handoffs_show_on_the_card(page: Page, deals: Deals) -> None:
@@ -260,7 +270,7 @@ async def test_every_handler_is_described_and_updates_show_it(page: Page, deals:
     ours = [h for h in handlers if not h.name.startswith("__")]
     assert [h.name for h in ours if not h.description] == []
 
-    await open_deal(page, deals, "moved", "timeline")
+    await open_deal(page, deals, "moved", "user-metadata")
     await page.get_by_role("button", name="More Actions").click()
     await page.get_by_role("menuitem", name="Send an Update").click()
     dialog = page.get_by_role("dialog")

@@ -117,10 +117,16 @@ class HandoffWorkflow:
     def _check_decider(self, cmd: HandoffDecision) -> None:
         if self.handoff.status not in ("open", "unassigned"):
             raise ApplicationError(f"hand-off is already {self.handoff.status}", type="handoff_finished")
-        if cmd.actor.id != self.handoff.assignee_id and cmd.actor.role not in ("manager", "admin"):
+        actor = cmd.actor
+        allowed = (
+            actor.id == self.handoff.assignee_id
+            or actor.role == "admin"
+            or (actor.role == "manager" and actor.id in self.input.managers)
+        )
+        if not allowed:
             raise ApplicationError(
-                f"{cmd.actor.id} may not decide hand-off {self.handoff.title}: "
-                f"allowed for the assignee ({self.handoff.assignee_id or 'none yet'}), managers, admins",
+                f"{actor.id} may not decide hand-off {self.handoff.title}: allowed for the assignee "
+                f"({self.handoff.assignee_id or 'none yet'}), the deal owner's managers, admins",
                 type="handoff_assignee",
             )
 
@@ -153,6 +159,14 @@ class HandoffWorkflow:
         if assignee_id and self.handoff.status in ("open", "unassigned"):
             self.handoff.assignee_id = assignee_id
             self.handoff.status = "open"
+            self._woken = True
+
+    @workflow.signal(name="cancel", description="The deal closed: this pre-sale work is no longer needed.")
+    def cancel(self, reason: str) -> None:
+        if self.handoff.status in ("open", "unassigned"):
+            self.handoff.status = "cancelled"
+            self.handoff.note = reason
+            self.handoff.finished_at = workflow.now()
             self._woken = True
 
     @workflow.query(name="get_handoff", description="The hand-off as JSON.")

@@ -104,6 +104,8 @@ class OpportunityWorkflow:
         self._handoffs_to_notify: list[Handoff] = []
         self._woken = False
         self._recheck_due = False
+        self._automation_chain: tuple[int, frozenset[str]] | None = None
+        self._handoffs_to_cancel: list[Handoff] = []
         self._lock = asyncio.Lock()
         if self._is_new and input.create is not None:
             # Recorded here, not in run(): updates may be handled before run() starts.
@@ -189,7 +191,11 @@ class OpportunityWorkflow:
 
     def _has_work(self) -> bool:
         return bool(
-            self._outbox or self._pending_activities or self._handoffs_to_start or self._handoffs_to_notify
+            self._outbox
+            or self._pending_activities
+            or self._handoffs_to_start
+            or self._handoffs_to_notify
+            or self._handoffs_to_cancel
         )
 
     def _finished(self) -> bool:
@@ -323,6 +329,11 @@ class OpportunityWorkflow:
             handoff = self._handoffs_to_notify.pop(0)
             await workflow.get_external_workflow_handle(f"handoff-{handoff.handoff_id}").signal(
                 HandoffWorkflow.assign, handoff.assignee_id or ""
+            )
+        while self._handoffs_to_cancel:
+            handoff = self._handoffs_to_cancel.pop(0)
+            await workflow.get_external_workflow_handle(f"handoff-{handoff.handoff_id}").signal(
+                HandoffWorkflow.cancel, handoff.note or "deal closed"
             )
         while self._pending_activities:
             activity, depth, fired = self._pending_activities.pop(0)
@@ -481,6 +492,8 @@ class OpportunityWorkflow:
             escalation_status=EscalationStatusChange(stage_entry_seq=previous_seq, status="resolved"),
             detail={"reason": reason} if reason else {},
         )
+        if s.is_closed:
+            self._cancel_presale_handoffs()
         self._open_stage_handoffs()
         self._queue_stage_event(from_stage, actor_id)
         return s.remember(self._result(request_id, f"moved from {from_stage} to {s.stage}"))
@@ -825,7 +838,18 @@ class OpportunityWorkflow:
 
     def _apply_automations(self, activity: RecordActivity, depth: int, fired: frozenset[str]) -> None:
         s = self.state
-        for rule in automations.matching_rules(activity, s):
+        if automations.matching_rules(activity, s) and not permissions.standing(s, activity.actor):
+            refusal = CommandRefused(
+                "automation_sender",
+                f"{permissions.describe(activity.actor, set())} may not trigger automations on this deal",
+            )
+            for rule in automations.matching_rules(activity, s):
+                self._automation_refused(activity, rule.name, refusal)
+            return
+        for rule in s.process.automations:
+            # Checked rule by rule: an earlier rule may have moved the deal.
+            if s.is_closed or not automations.matches(rule, activity, s):
+                continue
             if rule.name in fired:
                 continue  # a rule never re-triggers itself through its own change
             if depth >= s.process.rules.max_automation_chain:
@@ -862,16 +886,20 @@ class OpportunityWorkflow:
                     fields=action.set_fields,
                 )
                 stage_rules.check_change_stage(s, cmd)
-                self._move(
-                    cmd.request_id,
-                    "automation",
-                    target,
-                    cmd.reason,
-                    action.set_fields,
-                    None,
-                    None,
-                    "automation",
-                )
+                self._automation_chain = (depth + 1, fired)
+                try:
+                    self._move(
+                        cmd.request_id,
+                        "automation",
+                        target,
+                        cmd.reason,
+                        action.set_fields,
+                        None,
+                        None,
+                        "automation",
+                    )
+                finally:
+                    self._automation_chain = None
             elif action.set_fields:
                 upd = UpdateFields(request_id=_safe_id(request_id), actor=actor, fields=action.set_fields)
                 stage_rules.check_update_fields(s, upd)
@@ -898,17 +926,15 @@ class OpportunityWorkflow:
         """A stage change is itself an event automations may react to (``stage_changed``)."""
         if not any(r.when.kind == "stage_changed" for r in self.state.process.automations):
             return
-        depth = 0
-        fired: frozenset[str] = frozenset()
-        if self._pending_activities:
-            _, depth, fired = self._pending_activities[-1]
+        # A change made by a rule carries its chain: depth so far and the rules that fired.
+        depth, fired = self._automation_chain or (0, frozenset())
         event = RecordActivity(
             request_id=_safe_id(f"stage-{self.state.stage_entry_seq}"),
             actor={"id": actor_id, "role": "automation"},  # type: ignore[arg-type]
             kind="stage_changed",
             data={"from_stage": from_stage, "to_stage": self.state.stage},
         )
-        self._pending_activities.append((event, depth + (1 if actor_id == "automation" else 0), fired))
+        self._pending_activities.append((event, depth, fired))
 
     def _note_refusal(self, name: str, raw: Any, refusal: CommandRefused) -> None:
         actor = raw.get("actor") if isinstance(raw, dict) else None
@@ -959,6 +985,14 @@ class OpportunityWorkflow:
 
     # -- hand-offs --------------------------------------------------------------------------------
 
+    def _cancel_presale_handoffs(self) -> None:
+        """A closed deal needs no more pre-sale work: its open hand-offs stop escalating."""
+        for handoff in self.state.open_handoffs():
+            if not handoff.post_sale:
+                handoff.status, handoff.finished_at = "cancelled", workflow.now()
+                handoff.note = f"deal closed: {self.state.stage}"
+                self._handoffs_to_cancel.append(handoff)
+
     def _open_stage_handoffs(self) -> None:
         s = self.state
         stage = s.process.stage(s.stage)
@@ -995,6 +1029,7 @@ class OpportunityWorkflow:
                     account=s.account,
                     owner_id=s.owner_id,
                     holidays=s.process.holidays,
+                    managers=s.owner_managers,
                 ),
                 id=f"handoff-{handoff.handoff_id}",
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,

@@ -59,8 +59,15 @@ async def open_deals(
     async def one(n: int) -> str:
         opp = f"rel-{uuid.uuid4().hex[:12]}"
         request_id = f"{opp}-create"
-        await oc.create(actor=rep, name=f"Deal {n}", account=f"Account {n}", owner_id=rep.id,
-                        opportunity_id=opp, process_name=process.name, request_id=request_id)
+        await oc.create(
+            actor=rep,
+            name=f"Deal {n}",
+            account=f"Account {n}",
+            owner_id=rep.id,
+            opportunity_id=opp,
+            process_name=process.name,
+            request_id=request_id,
+        )
         ledger.open(opp, request_id)
         return opp
 
@@ -93,8 +100,14 @@ class Pace:
 
 
 async def move_deal(
-    oc: OpportunityClient, team: SalesTeam, ledger: Ledger, opp: str, moves: int, pace: Pace | None = None,
-    *, first: int = 1,
+    oc: OpportunityClient,
+    team: SalesTeam,
+    ledger: Ledger,
+    opp: str,
+    moves: int,
+    pace: Pace | None = None,
+    *,
+    first: int = 1,
 ) -> None:
     """Moves ``first..moves`` of one deal, in order, each retried until acknowledged."""
     rep = team.actor("rep")
@@ -110,8 +123,9 @@ async def move_deal(
         ledger.stage_acked(opp, result)
 
 
-async def set_field(oc: OpportunityClient, team: SalesTeam, ledger: Ledger, opp: str, key: str, value: object,
-                    request_id: str) -> None:
+async def set_field(
+    oc: OpportunityClient, team: SalesTeam, ledger: Ledger, opp: str, key: str, value: object, request_id: str
+) -> None:
     rep = team.actor("rep")
     await ledger.until_acknowledged(
         lambda: oc.update_fields(opp, actor=rep, fields={key: value}, request_id=request_id)
@@ -119,8 +133,9 @@ async def set_field(oc: OpportunityClient, team: SalesTeam, ledger: Ledger, opp:
     ledger.record(opp, Ack(request_id, "fields", fields={key: value}))
 
 
-async def record_activity(oc: OpportunityClient, team: SalesTeam, ledger: Ledger, opp: str,
-                          request_id: str, subject: str) -> None:
+async def record_activity(
+    oc: OpportunityClient, team: SalesTeam, ledger: Ledger, opp: str, request_id: str, subject: str
+) -> None:
     """A signal is acknowledged once the server has it in the deal's history."""
     rep = team.actor("rep")
     await ledger.until_acknowledged(

@@ -24,6 +24,10 @@ async def escalation_rows(pool: asyncpg.Pool, deals: list[str]) -> list[asyncpg.
     )
 
 
+async def all_escalated(pool: asyncpg.Pool, deals: list[str]) -> bool:
+    return len(await escalation_rows(pool, deals)) >= len(deals)
+
+
 async def escalations_fired(client: Client, deals: list[str]) -> Counter[str]:
     """Per deal, how many times the workflow scheduled ``record_escalation`` (all runs)."""
     fired: Counter[str] = Counter()
@@ -40,7 +44,9 @@ async def escalations_fired(client: Client, deals: list[str]) -> Counter[str]:
 
 async def open_opportunities(client: Client, task_queue: str, expect: int | None = None) -> int:
     """Running deals on the task queue; with ``expect``, waits (visibility lags) up to 20 s for it."""
-    query = f"TaskQueue = '{task_queue}' AND WorkflowType = 'OpportunityWorkflow' AND ExecutionStatus = 'Running'"
+    query = (
+        f"TaskQueue = '{task_queue}' AND WorkflowType = 'OpportunityWorkflow' AND ExecutionStatus = 'Running'"
+    )
     deadline = time.monotonic() + 20
     while True:
         count = (await client.count_workflows(query)).count

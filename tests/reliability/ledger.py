@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
 import asyncpg
@@ -33,6 +34,20 @@ Kind = Literal["create", "stage", "fields", "activity"]
 # The server fails a task that completes (or continues as new) while a new signal waits: the
 # SDK retries it with the signal. Expected under a signal burst, not a bug of ours.
 SERVER_DRIVEN_CAUSES = {WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND}
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], limit: float = 120.0) -> float:
+    """Poll ``condition`` until it holds or ``limit`` seconds pass; answer the seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit:
+        if await condition():
+            break
+        await asyncio.sleep(0.5)
+    return time.monotonic() - began
+
+
+async def sleep_until(moment: datetime) -> None:
+    await asyncio.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()))
 
 
 def seeded(test: str) -> random.Random:
@@ -74,9 +89,7 @@ class Ledger:
         self.acks[opportunity_id].setdefault(ack.request_id, ack)
 
     def stage_acked(self, opportunity_id: str, result: CommandResult) -> None:
-        self.record(
-            opportunity_id, Ack(result.request_id, "stage", result.stage, result.stage_entry_seq)
-        )
+        self.record(opportunity_id, Ack(result.request_id, "stage", result.stage, result.stage_entry_seq))
 
     def count(self, kind: Kind) -> int:
         return sum(1 for acks in self.acks.values() for a in acks.values() if a.kind == kind)
@@ -95,7 +108,7 @@ class Ledger:
             except CommandRejected as refused:
                 self.refused.append(f"{refused.rule}: {refused.message}")
                 raise
-            except (RPCError, TimeoutError, asyncio.TimeoutError, RuntimeError, OSError):
+            except (RPCError, TimeoutError, RuntimeError, OSError):
                 self.retries += 1
                 await asyncio.sleep(pause)
             except Exception as exc:  # update outcome unknown: the SDK's timeout/cancel errors
@@ -134,7 +147,12 @@ class Verdict:
         assert not shown, f"oracle found {self.figures}: {shown}"
 
 
-async def settled(client: Client, pool: asyncpg.Pool, opportunity_ids: list[str], timeout: float = 120.0) -> float:  # noqa: ASYNC109
+async def settled(
+    client: Client,
+    pool: asyncpg.Pool,
+    opportunity_ids: list[str],
+    timeout: float = 120.0,  # noqa: ASYNC109
+) -> float:
     """Wait until every deal has written all it holds to Postgres; answer the seconds that took."""
     began = time.monotonic()
     pending = set(opportunity_ids)
@@ -149,7 +167,9 @@ async def settled(client: Client, pool: asyncpg.Pool, opportunity_ids: list[str]
                 pending.discard(opp)
         if pending:
             if time.monotonic() - began > timeout:
-                raise AssertionError(f"{len(pending)} deals not written after {timeout:g}s: {sorted(pending)[:5]}")
+                raise AssertionError(
+                    f"{len(pending)} deals not written after {timeout:g}s: {sorted(pending)[:5]}"
+                )
             await asyncio.sleep(0.5)
     return time.monotonic() - began
 
@@ -177,7 +197,9 @@ async def verify(ledger: Ledger, client: Client, pool: asyncpg.Pool) -> Verdict:
     return verdict
 
 
-async def _verify_one(verdict: Verdict, opp: str, acks: dict[str, Ack], state: dict[str, Any], pool: asyncpg.Pool) -> None:
+async def _verify_one(
+    verdict: Verdict, opp: str, acks: dict[str, Ack], state: dict[str, Any], pool: asyncpg.Pool
+) -> None:
     stage_acks = [a for a in acks.values() if a.kind in ("create", "stage")]
     seqs = Counter(a.stage_entry_seq for a in stage_acks)
     for seq, n in seqs.items():
@@ -186,7 +208,9 @@ async def _verify_one(verdict: Verdict, opp: str, acks: dict[str, Ack], state: d
     last = max(stage_acks, key=lambda a: a.stage_entry_seq or 0)
     if state["stage_entry_seq"] != len(stage_acks):
         kind = verdict.duplicated if state["stage_entry_seq"] > len(stage_acks) else verdict.lost
-        kind.append(f"{opp}: state has stage entry {state['stage_entry_seq']}, ledger {len(stage_acks)} moves")
+        kind.append(
+            f"{opp}: state has stage entry {state['stage_entry_seq']}, ledger {len(stage_acks)} moves"
+        )
     if last.stage and state["stage"] != last.stage:
         verdict.lost.append(f"{opp}: state in {state['stage']}, last acknowledged move to {last.stage}")
 
@@ -195,33 +219,44 @@ async def _verify_one(verdict: Verdict, opp: str, acks: dict[str, Ack], state: d
         expected_fields.update(ack.fields)
     for key, value in expected_fields.items():
         if state["fields"].get(key) != value:
-            verdict.lost.append(f"{opp}: field {key} is {state['fields'].get(key)!r} in state, acknowledged {value!r}")
+            verdict.lost.append(
+                f"{opp}: field {key} is {state['fields'].get(key)!r} in state, acknowledged {value!r}"
+            )
 
     activities = {a.request_id for a in acks.values() if a.kind == "activity"}
     if state["activity_count"] != len(activities):
         kind = verdict.duplicated if state["activity_count"] > len(activities) else verdict.lost
         kind.append(f"{opp}: state counts {state['activity_count']} activities, ledger {len(activities)}")
 
-    stage_rows = {r["request_id"] for r in await pool.fetch(
-        "SELECT request_id FROM stage_history WHERE opportunity_id = $1", opp)}
+    stage_rows = {
+        r["request_id"]
+        for r in await pool.fetch("SELECT request_id FROM stage_history WHERE opportunity_id = $1", opp)
+    }
     expected_stage_rows = {a.request_id for a in stage_acks}
     verdict.lost += [f"{opp}: move {r} not in stage_history" for r in expected_stage_rows - stage_rows]
-    verdict.phantom += [f"{opp}: stage_history {r} never acknowledged" for r in stage_rows - expected_stage_rows]
+    verdict.phantom += [
+        f"{opp}: stage_history {r} never acknowledged" for r in stage_rows - expected_stage_rows
+    ]
 
-    activity_rows = {r["request_id"] for r in await pool.fetch(
-        "SELECT request_id FROM activities WHERE opportunity_id = $1", opp)}
+    activity_rows = {
+        r["request_id"]
+        for r in await pool.fetch("SELECT request_id FROM activities WHERE opportunity_id = $1", opp)
+    }
     verdict.lost += [f"{opp}: activity {r} not in activities" for r in activities - activity_rows]
     verdict.phantom += [f"{opp}: activity {r} never acknowledged" for r in activity_rows - activities]
 
-    field_rows = {(r["request_id"], r["field"]) for r in await pool.fetch(
-        "SELECT request_id, field FROM field_history WHERE opportunity_id = $1", opp)}
+    field_rows = {
+        (r["request_id"], r["field"])
+        for r in await pool.fetch(
+            "SELECT request_id, field FROM field_history WHERE opportunity_id = $1", opp
+        )
+    }
     for ack in acks.values():
         for key in ack.fields:
             if (ack.request_id, key) not in field_rows:
                 verdict.lost.append(f"{opp}: field {key} of {ack.request_id} not in field_history")
 
-    row = await pool.fetchrow(
-        "SELECT stage, stage_entry_seq, fields FROM opportunities WHERE id = $1", opp)
+    row = await pool.fetchrow("SELECT stage, stage_entry_seq, fields FROM opportunities WHERE id = $1", opp)
     snapshot = {k: row[k] for k in ("stage", "stage_entry_seq", "fields")} if row else {}
     live = {k: state[k] for k in ("stage", "stage_entry_seq", "fields")}
     differs = {k: (snapshot.get(k), v) for k, v in live.items() if snapshot.get(k) != v}
@@ -249,8 +284,7 @@ class Health:
 
     def assert_clean(self, injected_task_failures: int = 0) -> None:
         bad = {
-            s: n for s, n in self.statuses.items()
-            if s not in ("RUNNING", "COMPLETED", "CONTINUED_AS_NEW")
+            s: n for s, n in self.statuses.items() if s not in ("RUNNING", "COMPLETED", "CONTINUED_AS_NEW")
         }
         assert not bad, f"workflows ended badly: {bad}"
         assert sum(self.task_failures.values()) <= injected_task_failures, (

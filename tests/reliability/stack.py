@@ -162,21 +162,23 @@ class WorkerFleet:
         env.update(extra)
         return env
 
+    def spawn(self, **extra_env: str) -> WorkerProcess:
+        self._spawned += 1
+        log = self.logdir / f"worker-{self._spawned}.log"
+        with open(log, "wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, str(REPO / "worker.py")],
+                cwd=self.logdir,
+                env=self.env(**extra_env),
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=sink,
+            )
+        return WorkerProcess(process, log)
+
     async def start(self, count: int = 1, **extra_env: str) -> list[WorkerProcess]:
-        started = []
-        for _ in range(count):
-            self._spawned += 1
-            log = self.logdir / f"worker-{self._spawned}.log"
-            with open(log, "wb") as sink:
-                process = subprocess.Popen(
-                    [sys.executable, str(REPO / "worker.py")],
-                    cwd=self.logdir,
-                    env=self.env(**extra_env),
-                    stdin=subprocess.DEVNULL,
-                    stdout=sink,
-                    stderr=sink,
-                )
-            started.append(WorkerProcess(process, log))
+        """Start workers and wait until each polls the task queue."""
+        started = [self.spawn(**extra_env) for _ in range(count)]
         self.workers.extend(started)
         await asyncio.gather(*(self.wait_polling(w) for w in started))
         return started
@@ -186,7 +188,9 @@ class WorkerFleet:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not worker.alive():
-                raise RuntimeError(f"worker exited with {worker.process.returncode}: {worker.log.read_text()}")
+                raise RuntimeError(
+                    f"worker exited with {worker.process.returncode}: {worker.log.read_text()}"
+                )
             if worker.pid in await self.poller_pids():
                 return
             await asyncio.sleep(0.2)

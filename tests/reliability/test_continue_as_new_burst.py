@@ -49,7 +49,9 @@ async def test_a_burst_across_continue_as_new_loses_and_repeats_nothing(
             ledger.resent += copies - 1
             for _ in range(copies):
                 if kind == "fields":
-                    sends.append(set_field(opps, team, ledger, opp, f"note_{n}", f"{opp} note {n}", f"{opp}-f{n}"))
+                    sends.append(
+                        set_field(opps, team, ledger, opp, f"note_{n}", f"{opp} note {n}", f"{opp}-f{n}")
+                    )
                 else:
                     sends.append(record_activity(opps, team, ledger, opp, f"{opp}-a{n}", f"call {n}"))
     rng.shuffle(sends)

@@ -14,7 +14,7 @@ from temporalio.client import Client
 from db.pool import create_pool
 from starter.client import OpportunityClient
 from tests.reliability.deals import Pace, move_deal, new_team, open_deals, publish_bench_process
-from tests.reliability.ledger import Ledger, report, seeded, settled, verify, workflow_health
+from tests.reliability.ledger import Ledger, report, seeded, settled, verify, wait_until, workflow_health
 from tests.reliability.stack import StoppablePostgres, WorkerFleet, dsn_of, terminate_backends
 
 pytestmark = pytest.mark.slow
@@ -66,13 +66,18 @@ async def test_a_postgres_outage_delays_writes_and_loses_none(
     async def landed(owed: list[tuple[str, str]], since: float) -> float:
         """Seconds from the restart until every move acknowledged by then is in stage_history."""
         conn = await asyncpg.connect(dsn_of(rel_postgres.url))
-        try:
-            while await conn.fetchval(
+
+        async def all_there() -> bool:
+            found = await conn.fetchval(
                 "SELECT count(*) FROM stage_history s JOIN unnest($1::text[], $2::text[]) AS o(opp, rid) "
                 "ON s.opportunity_id = o.opp AND s.request_id = o.rid",
-                [o for o, _ in owed], [r for _, r in owed],
-            ) < len(owed):
-                await asyncio.sleep(0.5)
+                [o for o, _ in owed],
+                [r for _, r in owed],
+            )
+            return found == len(owed)
+
+        try:
+            await wait_until(all_there, 180)
         finally:
             await conn.close()
         return time.monotonic() - since

@@ -7,7 +7,7 @@ import asyncio
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
@@ -15,8 +15,14 @@ import pytest
 
 from starter.client import OpportunityClient
 from tests.reliability.deals import move_deal, new_team, open_deals, publish_bench_process
-from tests.reliability.escalations import escalation_rows, escalations_fired, lateness, open_opportunities
-from tests.reliability.ledger import Ledger, report, verify, workflow_health
+from tests.reliability.escalations import (
+    all_escalated,
+    escalation_rows,
+    escalations_fired,
+    lateness,
+    open_opportunities,
+)
+from tests.reliability.ledger import Ledger, report, sleep_until, verify, wait_until, workflow_health
 from tests.reliability.stack import StoppablePostgres, WorkerFleet, connect, start_temporal
 
 pytestmark = pytest.mark.slow
@@ -31,8 +37,13 @@ async def test_escalations_due_while_the_server_is_down_fire_once_after_restart(
     workdir = Path(tempfile.mkdtemp(prefix="oppflow-rel-restart-"))
     server = await start_temporal(workdir, persistent=True)
     client = await connect(server.address)
-    fleet = WorkerFleet(client, address=server.address, database_url=rel_postgres.url,
-                        task_queue=f"rel-{uuid.uuid4().hex[:10]}", logdir=logdir)
+    fleet = WorkerFleet(
+        client,
+        address=server.address,
+        database_url=rel_postgres.url,
+        task_queue=f"rel-{uuid.uuid4().hex[:10]}",
+        logdir=logdir,
+    )
     try:
         ledger = Ledger()
         process = await publish_bench_process(rel_pool, stuck_after=f"{STUCK_AFTER}s")
@@ -41,22 +52,24 @@ async def test_escalations_due_while_the_server_is_down_fire_once_after_restart(
         oc = OpportunityClient(client, rel_pool, fleet.task_queue)
         deals = await open_deals(oc, team, process, ledger, DEALS)
         await asyncio.gather(*(move_deal(oc, team, ledger, opp, 1) for opp in deals))
-        due = max(r["stage_entered_at"] for r in await rel_pool.fetch(
-            "SELECT stage_entered_at FROM opportunities WHERE id = ANY($1)", deals))
+        due = max(
+            r["stage_entered_at"]
+            for r in await rel_pool.fetch(
+                "SELECT stage_entered_at FROM opportunities WHERE id = ANY($1)", deals
+            )
+        )
         open_before = await open_opportunities(client, fleet.task_queue, expect=DEALS)
         assert not await escalation_rows(rel_pool, deals), "nothing is due before the server stops"
 
         await server.astop()
         stopped_at = datetime.now(UTC)
         assert (stopped_at - due).total_seconds() < STUCK_AFTER, "stopped before the deadlines"
-        while (datetime.now(UTC) - due).total_seconds() < STUCK_AFTER + 5:
-            await asyncio.sleep(0.5)
+        await sleep_until(due + timedelta(seconds=STUCK_AFTER + 5))
         restarted_at = datetime.now(UTC)
         began = time.monotonic()
         server = await start_temporal(workdir, persistent=True, port=server.options.port)
 
-        while len(await escalation_rows(rel_pool, deals)) < DEALS and time.monotonic() - began < 120:
-            await asyncio.sleep(0.5)
+        await wait_until(lambda: all_escalated(rel_pool, deals))
         recovered = time.monotonic() - began
         await asyncio.sleep(3)  # a second firing would show by now
         rows = await escalation_rows(rel_pool, deals)

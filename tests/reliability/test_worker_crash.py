@@ -32,7 +32,7 @@ MOVES = int(os.environ.get("OPPFLOW_REL_MOVES", "20"))
 RATE = float(os.environ.get("OPPFLOW_REL_RATE", "60"))  # moves per second, all deals together
 
 
-async def keep_killing(fleet: WorkerFleet, rng, done: asyncio.Event, restarts: list[float]) -> None:  # noqa: ANN001
+async def keep_killing(fleet: WorkerFleet, rng, done: asyncio.Event, restarts: list[float]) -> None:
     """Every few seconds, SIGKILL a random worker and start a fresh one."""
     while not done.is_set():
         try:
@@ -109,14 +109,18 @@ async def test_a_crash_between_commit_and_reply_writes_each_change_once(
     await asyncio.to_thread(doomed.process.wait, 60)
     assert doomed.process.returncode == 137 and marker.exists()
     committed = await rel_pool.fetchval(
-        "SELECT count(*) FROM stage_history WHERE opportunity_id = $1 AND request_id = $2", opp, f"{opp}-move-3"
+        "SELECT count(*) FROM stage_history WHERE opportunity_id = $1 AND request_id = $2",
+        opp,
+        f"{opp}-move-3",
     )
     assert committed == 1, "the move was committed before the worker died"
     fleet.kill(doomed)
 
     # While no worker runs, a second command arrives: after the restart both are applied in
     # the workflow task that replaces the one that died.
-    field = asyncio.create_task(set_field(opps, team, ledger, opp, "next_step", "send the MSA", f"{opp}-field"))
+    field = asyncio.create_task(
+        set_field(opps, team, ledger, opp, "next_step", "send the MSA", f"{opp}-field")
+    )
     await asyncio.sleep(2)
     began = time.monotonic()
     await fleet.start(1, OPPFLOW_FAULT_CRASH_AFTER_COMMIT=str(marker))

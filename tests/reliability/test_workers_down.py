@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -14,8 +14,13 @@ from temporalio.client import Client
 
 from starter.client import OpportunityClient
 from tests.reliability.deals import new_team, open_deals, publish_bench_process, record_activity, set_field
-from tests.reliability.escalations import escalation_rows, escalations_fired, open_opportunities
-from tests.reliability.ledger import Ledger, report, seeded, verify, workflow_health
+from tests.reliability.escalations import (
+    all_escalated,
+    escalation_rows,
+    escalations_fired,
+    open_opportunities,
+)
+from tests.reliability.ledger import Ledger, report, seeded, sleep_until, verify, wait_until, workflow_health
 from tests.reliability.stack import WorkerFleet
 
 pytestmark = pytest.mark.slow
@@ -33,8 +38,10 @@ async def test_commands_sent_while_all_workers_are_down_apply_once_after_restart
     team = await new_team(rel_pool)
     await fleet.start(2)
     deals = await open_deals(opps, team, process, ledger, DEALS)
-    created = max(r["stage_entered_at"] for r in await rel_pool.fetch(
-        "SELECT stage_entered_at FROM opportunities WHERE id = ANY($1)", deals))
+    created = max(
+        r["stage_entered_at"]
+        for r in await rel_pool.fetch("SELECT stage_entered_at FROM opportunities WHERE id = ANY($1)", deals)
+    )
     open_before = await open_opportunities(rel_client, fleet.task_queue, expect=DEALS)
     fleet.kill_all()
     down_at = time.monotonic()
@@ -42,7 +49,9 @@ async def test_commands_sent_while_all_workers_are_down_apply_once_after_restart
     signals = []
     for opp in deals:
         for n in range(rng.randint(1, 3)):
-            signals.append(record_activity(opps, team, ledger, opp, f"{opp}-call-{n}", f"call {n} while down"))
+            signals.append(
+                record_activity(opps, team, ledger, opp, f"{opp}-call-{n}", f"call {n} while down")
+            )
     await asyncio.gather(*signals)
     signalled_while_down = time.monotonic() - down_at
 
@@ -51,8 +60,7 @@ async def test_commands_sent_while_all_workers_are_down_apply_once_after_restart
         await set_field(opps, team, ledger, opp, "next_step", f"follow up {opp}", f"{opp}-next-step")
 
     updates = asyncio.gather(*(update(opp) for opp in deals))
-    while (datetime.now(UTC) - created).total_seconds() < STUCK_AFTER + 3:
-        await asyncio.sleep(0.5)
+    await sleep_until(created + timedelta(seconds=STUCK_AFTER + 3))
     assert not await escalation_rows(rel_pool, deals), "no worker, no escalation yet"
     attempts_while_down = ledger.attempts
 
@@ -61,8 +69,7 @@ async def test_commands_sent_while_all_workers_are_down_apply_once_after_restart
     await fleet.start(1)
     await updates
     updates_applied = time.monotonic() - restarted
-    while len(await escalation_rows(rel_pool, deals)) < DEALS and time.monotonic() - restarted < 90:
-        await asyncio.sleep(0.5)
+    await wait_until(lambda: all_escalated(rel_pool, deals), 90)
     escalated = time.monotonic() - restarted
     await asyncio.sleep(3)
 
