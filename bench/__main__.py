@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from bench.experiments import EXPERIMENTS
+from bench.measure import Stalled
 from bench.report import json_line, machine, print_report
 from bench.scenarios import SCENARIOS, Sizes, start_shared_workers
 from bench.stack import bench_stack
@@ -60,12 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--experiment",
-        choices=sorted(EXPERIMENTS),
         default=None,
-        help="run a measured variant of OpportunityWorkflow instead of the real one",
+        help=f"comma-separated measured variants of the oppflow worker: {', '.join(EXPERIMENTS)}",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, databases)")
     args = parser.parse_args(argv)
+    for name in (args.experiment or "").split(","):
+        if name and name not in EXPERIMENTS:
+            parser.error(f"unknown experiment {name!r}: choose from {', '.join(EXPERIMENTS)}")
     unknown = [s for s in args.scenarios if s not in (*SCENARIOS, "all")]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r}: choose from {', '.join(SCENARIOS)} or all")
@@ -107,10 +110,17 @@ async def run(scenarios: list[str], sizes: Sizes, keep: bool = False) -> dict[st
         for name in scenarios:
             progress(f"{name} ...")
             began = time.perf_counter()
-            results["scenarios"][name] = await SCENARIOS[name](stack, sizes)
+            try:
+                results["scenarios"][name] = await SCENARIOS[name](stack, sizes)
+            except Stalled as stalled:
+                progress(f"{name} stopped: {stalled}; see the logs in {stack.workdir}")
+                results["stalled"] = {"scenario": name, "error": str(stalled)}
+                break
             results["scenarios"][name]["scenario_seconds"] = round(time.perf_counter() - began, 1)
             progress(f"{name} done in {time.perf_counter() - began:.0f}s")
     results["machine"] = machine()
+    if "stalled" in results and not keep:
+        progress("rerun with --keep to look at the worker and server logs")
     return results
 
 

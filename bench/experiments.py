@@ -128,17 +128,22 @@ EXPERIMENTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "local-escalation-row": _workflow(LocalEscalationRow),
     "shared-process": _workflow(SharedProcess),
     "passthrough-modules": _passthrough_all,
+    # Applied by WorkerProcess to the worker's environment (see worker_process.py).
+    "bytecode-cache": lambda config: None,
 }
 
 
 def oppflow_worker(
     client: Client, pool: asyncpg.Pool, settings: Settings, experiment: str | None, **options: Any
 ) -> tuple[Worker, asyncio.Task[None]]:
-    worker = build_worker(client, pool, settings, **options)
-    for name in (experiment or "").split(","):
-        if name:
-            # The same worker as build_worker's, with this variant applied.
-            config: dict[str, Any] = dict(worker.config())
-            EXPERIMENTS[name](config)
-            worker = Worker(**config)
-    return worker, asyncio.create_task(write_rejections(pool))
+    names = [name for name in (experiment or "").split(",") if name]
+    if not names:
+        return build_worker(client, pool, settings, **options), asyncio.create_task(write_rejections(pool))
+    # build_worker's own configuration (read from a worker on a queue nobody polls: two
+    # workers of one client may not share a queue), with the variants applied.
+    template = build_worker(client, pool, settings, task_queue=f"{settings.task_queue}-template", **options)
+    config: dict[str, Any] = dict(template.config())
+    config["task_queue"] = settings.task_queue
+    for name in names:
+        EXPERIMENTS[name](config)
+    return Worker(**config), asyncio.create_task(write_rejections(pool))

@@ -11,8 +11,25 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# A call not answered in this time counts as an error instead of stalling the run.
+# A call not answered in this time counts as an error; when no call at all was answered
+# for that long, the workers have stalled and the run stops instead of hanging.
 CALL_TIMEOUT_S = 120.0
+
+
+class Stalled(RuntimeError):
+    pass
+
+
+class _Progress:
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def answered(self) -> None:
+        self.last = time.monotonic()
+
+    def check(self) -> None:
+        if time.monotonic() - self.last > CALL_TIMEOUT_S:
+            raise Stalled(f"no call answered for {CALL_TIMEOUT_S:g}s: the worker has stalled")
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -64,6 +81,7 @@ async def timed_calls(items: Iterable[T], callers: int, call: Callable[[T], Awai
     for item in items:
         queue.put_nowait(item)
     sample = Sample()
+    progress = _Progress()
 
     async def caller() -> None:
         while not queue.empty():
@@ -73,7 +91,9 @@ async def timed_calls(items: Iterable[T], callers: int, call: Callable[[T], Awai
                 await asyncio.wait_for(call(item), CALL_TIMEOUT_S)
             except Exception as exc:
                 sample.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                progress.check()
                 continue
+            progress.answered()
             sample.latencies.append(time.perf_counter() - began)
 
     began = time.perf_counter()
@@ -93,6 +113,7 @@ async def timed_sequences(
     remaining = len(keys) * steps
     done = asyncio.Event()
     sample = Sample()
+    progress = _Progress()
 
     async def caller() -> None:
         nonlocal remaining
@@ -109,8 +130,10 @@ async def timed_sequences(
             try:
                 await asyncio.wait_for(call(key, step), CALL_TIMEOUT_S)
                 sample.latencies.append(time.perf_counter() - began)
+                progress.answered()
             except Exception as exc:
                 sample.errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                progress.check()
             remaining -= 1
             if step + 1 < steps:
                 queue.put_nowait((key, step + 1))

@@ -50,6 +50,10 @@ class WorkerProcess:
         began = time.perf_counter()
         env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
         env.setdefault("OPPFLOW_LOG_LEVEL", "WARNING")
+        if "bytecode-cache" in (self.spec.experiment or ""):
+            # Compiled modules kept (in the work dir) instead of compiled again on every import.
+            env.pop("PYTHONDONTWRITEBYTECODE", None)
+            env["PYTHONPYCACHEPREFIX"] = str(self.log_file.parent / "pycache")
         with open(self.log_file, "ab") as log:  # noqa: ASYNC230 (a local file, opened once)
             self.process = await asyncio.create_subprocess_exec(
                 *self.spec.argv(), cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=log
@@ -66,6 +70,10 @@ class WorkerProcess:
             await self.stop()
             raise RuntimeError(f"{self.spec.kind} worker failed to start; see {self.log_file}")
         return time.perf_counter() - began
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
 
     @property
     def pid(self) -> int:
@@ -116,10 +124,17 @@ async def _serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
+    running = asyncio.create_task(worker.run())
+    stopped = asyncio.create_task(stop.wait())
+    print(READY, flush=True)
     try:
-        async with worker:
-            print(READY, flush=True)
-            await stop.wait()
+        await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            # A worker that failed must not look alive: report it and exit non-zero.
+            print(f"worker stopped: {running.exception()!r}", file=sys.stderr, flush=True)
+            raise SystemExit(1)
+        await worker.shutdown()
+        await running
     finally:
         if background is not None:
             background.cancel()

@@ -18,17 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from temporalio.client import Client  # noqa: E402
-from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
-from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment  # noqa: E402
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 
-from db.migrate import upgrade  # noqa: E402
-from db.pool import create_pool  # noqa: E402
-from starter.client import workflow_id  # noqa: E402
-from starter.postgres import start_embedded_postgres  # noqa: E402
-from starter.temporal_server import temporal_binary  # noqa: E402
-from tests.helpers import contract_search_attribute_keys  # noqa: E402
-from tests.sales_team import App, running_app  # noqa: E402
+from db.migrate import upgrade
+from db.pool import create_pool
+from starter.client import workflow_id
+from starter.postgres import start_embedded_postgres
+from starter.temporal_server import temporal_binary
+from tests.helpers import contract_search_attribute_keys
+from tests.sales_team import App, running_app
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "histories"
 Scenario = Callable[[App, WorkflowEnvironment], Awaitable[list[str]]]

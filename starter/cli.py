@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import json
 import os
@@ -57,7 +58,9 @@ def run(fn: Callable[..., Awaitable[T]]) -> Callable[..., T | None]:
             fail(f"refused [{exc.rule}]: {exc.message}{missing}")
         except OpportunityNotFound as exc:
             fail(str(exc))
-        except (ProcessFileError, ValueError) as exc:
+        except (ProcessFileError, ValueError, RuntimeError) as exc:
+            # RuntimeError: the stack's own one-line errors (ports in use, a search attribute
+            # with another type, a dev server that would not start).
             fail(str(exc))
         except (OSError, asyncpg.PostgresError, RPCError) as exc:
             fail(f"{type(exc).__name__}: {exc}")
@@ -189,9 +192,8 @@ async def setup_temporal_cmd() -> None:
     namespace = connect_config(settings)["namespace"]
     done = await setup_temporal(client, namespace)
     schedule = await ensure_digest_schedule(client, settings.task_queue)
-    typer.echo(
-        f"namespace {namespace}: search attributes ready ({', '.join(done)}); schedule {schedule} ready"
-    )
+    added = f"added {', '.join(done)}" if done else "all already registered"
+    typer.echo(f"namespace {namespace}: search attributes {added}; weekly digest schedule {schedule}")
 
 
 app.command("codec-server")(codec_server_command)
@@ -575,6 +577,7 @@ def main() -> None:
         code = done.code if isinstance(done.code, int) else 0 if done.code is None else 1
         if isinstance(done.code, str):
             print(done.code, file=sys.stderr)
+    atexit._run_exitfuncs()  # what a normal exit runs first: span export, embedded Postgres cleanup
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -368,6 +368,7 @@ class RowConverter:
         process: SalesProcess,
         owners: OwnerDirectory,
         now: datetime,
+        default_entered: datetime | None = None,
     ) -> None:
         unknown = [f for f in mapping.fields.values() if f not in process.fields]
         if unknown:
@@ -379,6 +380,7 @@ class RowConverter:
         self.process = process
         self.owners = owners
         self.now = now
+        self.default_entered = default_entered or now
         self.zone = ZoneInfo(mapping.timezone)
         self.stage_map = mapping.stage_lookup()
         self.stage_by_key = {stage_key(s.name): s.name for s in process.stages}
@@ -422,7 +424,7 @@ class RowConverter:
                 )
         if problems:
             return problems
-        entered = values.get("stage_entered_at") or values.get("created_at") or self.now
+        entered = values.get("stage_entered_at") or values.get("created_at") or self.default_entered
         return DealRow(
             line=line,
             opportunity_id=values["opportunity_id"],

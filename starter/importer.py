@@ -202,8 +202,8 @@ class Checkpoint:
         self.run_id = run_id
         self.pending: list[tuple[str, str, int, str]] = []
 
-    async def open(self, export: Export, source: str, now: datetime) -> tuple[datetime, set[str]]:
-        started_at = await self.pool.fetchval(
+    async def open(self, export: Export, source: str, now: datetime) -> datetime:
+        return await self.pool.fetchval(
             "INSERT INTO import_runs (id, file_name, file_sha256, source, rows_total, started_at, "
             "updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) "
             "ON CONFLICT (id) DO UPDATE SET updated_at = EXCLUDED.updated_at RETURNING started_at",
@@ -214,8 +214,10 @@ class Checkpoint:
             len(export.rows),
             now,
         )
-        done = await self.pool.fetch("SELECT opportunity_id FROM import_rows WHERE run_id = $1", self.run_id)
-        return started_at, {r["opportunity_id"] for r in done}
+
+    async def done(self) -> set[str]:
+        rows = await self.pool.fetch("SELECT opportunity_id FROM import_rows WHERE run_id = $1", self.run_id)
+        return {r["opportunity_id"] for r in rows}
 
     def mark(self, row: DealRow, outcome: str) -> None:
         self.pending.append((self.run_id, row.opportunity_id, row.line, outcome))
@@ -341,14 +343,13 @@ class Importer:
     async def run(self) -> ImportReport:
         began = time.monotonic()
         now = datetime.now(UTC)
-        started_at, done = (
-            (now, set())
-            if self.report.dry_run
-            else await self.checkpoint.open(self.export, self.mapping.source, now)
+        started_at = (
+            now if self.report.dry_run else await self.checkpoint.open(self.export, self.mapping.source, now)
         )
+        done = await self.checkpoint.done()
         process = await self.client.process_for(self.mapping.process)
         owners = await load_owners(self.client.pool)
-        converter = RowConverter(self.mapping, self.columns, process, owners, started_at)
+        converter = RowConverter(self.mapping, self.columns, process, owners, now, default_entered=started_at)
         actor = await self.client.actor(self.actor_id) if self.actor_id else None
         deals: list[DealRow] = []
         for line, raw in self.export.rows:
@@ -367,10 +368,7 @@ class Importer:
         try:
             if not self.report.dry_run:
                 await self._create_all(todo, actor, owners, process.name)
-        except asyncio.CancelledError:
-            self.report.interrupted = True
-            raise
-        except ImportStalled:
+        except (asyncio.CancelledError, ImportStalled):
             self.report.interrupted = True
             raise
         finally:

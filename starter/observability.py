@@ -88,7 +88,11 @@ def bind(**ids: str | None) -> Iterator[None]:
         yield
     finally:
         for var, token in reversed(tokens):
-            var.reset(token)
+            try:
+                var.reset(token)
+            except ValueError:
+                # A workflow coroutine closed by eviction runs this in another Context.
+                var.set(None)
 
 
 def current_ids() -> dict[str, str | None]:

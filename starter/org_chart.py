@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from pathlib import Path
@@ -92,7 +93,8 @@ async def import_people(pool: asyncpg.Pool, people: list[Person]) -> int:
 
 
 async def import_file(pool: asyncpg.Pool, path: str) -> int:
-    return await import_people(pool, parse_org_chart(Path(path).read_text(encoding="utf-8"), path))
+    text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+    return await import_people(pool, parse_org_chart(text, path))
 
 
 def primary_role(roles: list[str]) -> str:

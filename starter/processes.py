@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import asyncpg
 
@@ -57,8 +59,8 @@ async def publish(pool: asyncpg.Pool, process: SalesProcess, published_by: str |
 
 
 async def publish_file(pool: asyncpg.Pool, path: str, published_by: str | None = None) -> Published:
-    with open(path, encoding="utf-8") as handle:
-        process = parse_process_yaml(handle.read(), source=path)
+    text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
+    process = parse_process_yaml(text, source=path)
     return await publish(pool, process, published_by)
 
 
@@ -82,6 +84,6 @@ async def get_version(pool: asyncpg.Pool, name: str, version: int) -> SalesProce
 
 async def list_versions(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch(
-        "SELECT name, version, published_at, published_by, jsonb_array_length(definition->'stages') AS stages "
-        "FROM sales_processes ORDER BY name, version"
+        "SELECT name, version, published_at, published_by, "
+        "jsonb_array_length(definition->'stages') AS stages FROM sales_processes ORDER BY name, version"
     )

@@ -103,7 +103,8 @@ class Deal:
             needed = [n for s in skipped for n in EXIT_REQUIRES.get(s, []) + ENTRY_REQUIRES.get(s, [])]
             if skipped and not overriding and any(not filled(values.get(n)) for n in needed):
                 raise Refused("skip_requirements")
-            if any(not filled(values.get(n)) for n in EXIT_REQUIRES.get(self.stage, [])):
+            forward = there > here  # exit criteria guard forward moves only
+            if forward and any(not filled(values.get(n)) for n in EXIT_REQUIRES.get(self.stage, [])):
                 raise Refused("exit_criteria")
         if any(not filled(values.get(n)) for n in ENTRY_REQUIRES.get(target, [])):
             raise Refused("entry_criteria")

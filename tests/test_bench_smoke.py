@@ -27,7 +27,9 @@ def run() -> tuple[str, dict[str, Any]]:
     return done.stdout, json.loads(lines[-1])
 
 
-def test_prints_a_table_and_ends_with_one_json_line_of_every_scenario(run: tuple[str, dict[str, Any]]) -> None:
+def test_prints_a_table_and_ends_with_one_json_line_of_every_scenario(
+    run: tuple[str, dict[str, Any]],
+) -> None:
     text, results = run
     assert "targets" in text and "bare update" in text
     assert set(results["scenarios"]) == {"stage-changes", "creation", "storm", "open-deals"}
@@ -37,7 +39,9 @@ def test_prints_a_table_and_ends_with_one_json_line_of_every_scenario(run: tuple
         assert all(isinstance(met, bool) for met in scenario["targets"].values())
 
 
-def test_every_stage_change_was_answered_and_its_rows_are_in_postgres(run: tuple[str, dict[str, Any]]) -> None:
+def test_every_stage_change_was_answered_and_its_rows_are_in_postgres(
+    run: tuple[str, dict[str, Any]],
+) -> None:
     figures = run[1]["scenarios"]["stage-changes"]
     for variant in ("bare update", "bare update + LA insert", "oppflow"):
         assert figures["figures"][variant]["count"] == DEALS * CHANGES

@@ -10,6 +10,7 @@ import copy
 import json
 import re
 import subprocess
+import sys
 import tomllib
 import uuid
 from importlib import resources
@@ -222,3 +223,39 @@ async def test_the_namespace_job_creates_the_namespace_once(temporal_env: Workfl
 
     again = await asyncio.to_thread(run_script, script, env)
     assert again.returncode == 0 and f"{namespace} exists" in again.stdout, again.stdout + again.stderr
+
+
+@pytest.mark.slow
+async def test_the_installed_package_migrates_a_database(postgres_url: str, tmp_path: Path) -> None:
+    """What the image does: `pip install .` (no editable source tree), then `oppflow migrate`."""
+    target = tmp_path / "site"
+    install = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    env = clean_env(PYTHONPATH=str(target), DATABASE_URL=postgres_url)
+    where = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", "import db.migrate; print(db.migrate.__file__)"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert where.stdout.startswith(str(target)), where.stdout + where.stderr
+    migrate = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", "from starter.cli import main; main()", "migrate"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    assert "database at the latest migration" in migrate.stdout

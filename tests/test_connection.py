@@ -183,11 +183,11 @@ async def test_setup_temporal_prepares_an_external_cluster_named_by_env(
 
     code, output = await run_oppflow(["setup-temporal"], env, tmp_path)
     assert code == 0, output
-    assert f"namespace {namespace}: search attributes ready" in output
+    assert f"namespace {namespace}: search attributes added " in output and "OpportunityStage" in output
     assert await custom_attributes(temporal_env, namespace) == contract_attributes()
 
     code, output = await run_oppflow(["setup-temporal"], env, tmp_path)  # again: nothing to add
-    assert code == 0 and "search attributes ready ()" in output, output
+    assert code == 0 and "search attributes all already registered" in output, output
 
 
 async def test_a_toml_profile_names_the_cluster(temporal_env: WorkflowEnvironment, tmp_path: Path) -> None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -31,7 +33,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from sales.messages import MAX_FIELDS_BYTES
-from starter.client import OpportunityClient, workflow_id
+from starter.client import CommandRejected, OpportunityClient, workflow_id
 from tests.fuzz_commands import spoiled, valid_payloads
 from tests.portal_app import portal_app
 from tests.sales_team import SalesTeam
@@ -61,6 +63,9 @@ EXAMPLES = settings(
     ],
 )
 TEMPORAL_BLOB_LIMIT = 2 * 1024 * 1024
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,119}")
+# Refusals that need the org chart (I/O), so they happen after the update was accepted.
+REFUSED_AFTER_ACCEPTANCE = {"unknown_user"}
 # Event types that mean "a command reached the deal's history".
 COMMAND_EVENTS = {
     EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED,
@@ -76,6 +81,11 @@ class FuzzApp:
     client: OpportunityClient
     team: SalesTeam
     deals: dict[str, str]
+    seen: dict[str, tuple[int, int, list[str]]] = field(default_factory=dict)
+
+    async def events_before(self, opp: str) -> tuple[int, int, list[str]]:
+        """What ``command_events`` answered after the deal's last example (each deal has one writer)."""
+        return self.seen.get(opp) or await self.command_events(opp)
 
     async def command_events(self, opp: str) -> tuple[int, int, list[str]]:
         """(command events, largest event in bytes, workflow-task failure messages), all runs."""
@@ -88,6 +98,7 @@ class FuzzApp:
                 if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
                     failures.append(event.workflow_task_failed_event_attributes.failure.message[:500])
                 largest = max(largest, event.ByteSize())
+        self.seen[opp] = (commands, largest, failures)
         return commands, largest, failures
 
 
@@ -161,7 +172,7 @@ async def fuzz_update(app: FuzzApp, name: str, payload: Any) -> None:
     if isinstance(payload, dict):
         payload.setdefault("request_id", f"fz-{uuid.uuid4().hex}")
     before = await app.client.state(opp)
-    events_before, _, failed_before = await app.command_events(opp)
+    events_before, _, failed_before = await app.events_before(opp)
 
     outcome, answer = await send_update(app, name, payload)
 
@@ -173,14 +184,24 @@ async def fuzz_update(app: FuzzApp, name: str, payload: Any) -> None:
         assert events_after > events_before
         await stored_verbatim(app, name, opp, payload, answer)
         return
-    assert events_after == events_before, f"refused {name} left history: {payload!r:.300}"
     assert await app.client.state(opp) == before, f"refused {name} changed the deal"
     assert outcome != "rpc_error", f"{name}: RPC error on a payload under Temporal's limit: {answer}"
     assert isinstance(answer, ApplicationError), f"{name}: refusal is not an application error: {answer!r}"
     assert answer.type and answer.message, f"{name}: refusal without rule or message: {answer!r}"
+    if answer.type in REFUSED_AFTER_ACCEPTANCE:
+        return  # see test_a_reassign_to_someone_outside_the_org_chart_is_refused_and_audited
+    assert events_after == events_before, f"refused {name} left history: {payload!r:.300}"
     if answer.type == "malformed":
         assert explains(answer.message, payload, valid_payloads(app.team)[name]), (
             f"{name}: {answer.message!r} names no field of {payload!r:.200}"
+        )
+    request_id = payload.get("request_id") if isinstance(payload, dict) else None
+    if isinstance(request_id, str) and IDENTIFIER.fullmatch(request_id):
+        await eventually_fetch(
+            app,
+            "SELECT rule AS v FROM rejected_commands WHERE opportunity_id = $1 AND request_id = $2",
+            opp,
+            request_id,
         )
 
 
@@ -240,7 +261,7 @@ async def fuzz_signal(app: FuzzApp, payload: Any) -> None:
     if isinstance(payload, dict):
         payload.setdefault("request_id", f"fz-{uuid.uuid4().hex}")
     before = await app.client.state(opp)
-    events_before, _, failed_before = await app.command_events(opp)
+    events_before, _, failed_before = await app.events_before(opp)
     try:
         await app.temporal.get_workflow_handle(workflow_id(opp)).signal("record_activity", payload)
     except RPCError as exc:
@@ -341,8 +362,9 @@ def test_no_fuzzed_update_made_history_grow_past_the_limits(portal: BlockingPort
     assert largest["record_activity"] <= TEMPORAL_BLOB_LIMIT
 
 
-async def over_the_blob_limit(app: FuzzApp, name: str, size: int) -> list[str]:
-    """Send one payload over Temporal's limit; answer the workflow-task failures it caused."""
+async def over_the_blob_limit(app: FuzzApp, name: str, size: int) -> tuple[list[str], float]:
+    """Send one payload over Temporal's limit; answer the workflow-task failures it caused and
+    how long the deal could not be queried."""
     opp = app.deals[name]
     payload = {**valid_payloads(app.team)[name], "request_id": f"fz-{uuid.uuid4().hex}"}
     payload["subject" if name == "record_activity" else "reason"] = "x" * size
@@ -354,14 +376,24 @@ async def over_the_blob_limit(app: FuzzApp, name: str, size: int) -> list[str]:
     else:
         outcome, answer = await send_update(app, name, payload)
         assert outcome in ("rpc_error", "refused"), answer
+    began = time.monotonic()
+    while True:  # queries fail while the worker's task is in its failed state
+        try:
+            after = await app.client.state(opp)
+            break
+        except RPCError:
+            assert time.monotonic() - began < 60, "the deal stays unqueryable"
+            await asyncio.sleep(0.2)
+    unavailable = time.monotonic() - began
     events_after, largest, failed = await app.command_events(opp)
     assert events_after == events_before and largest < TEMPORAL_BLOB_LIMIT
-    assert await app.client.state(opp) == before
+    assert after == before
     probe = await app.client.update_fields(
         opp, actor=app.team.actor("rep"), fields={"next_step": "still here"}
     )
     assert probe.accepted, "the deal answers the next command"
-    return failed[len(failed_before) :]
+    app.seen.pop(opp, None)
+    return failed[len(failed_before) :], unavailable
 
 
 @pytest.mark.parametrize("name", ["change_stage", "record_activity"])
@@ -372,6 +404,39 @@ def test_a_payload_over_temporals_limit_never_reaches_history(
     """Temporal refuses a signal over 2 MB at the API. An update that big reaches the worker,
     whose refusal echoes the request and trips the SDK's own payload limit (TMPRL1103): the
     task fails, the caller gets an error, nothing is stored and the deal carries on."""
-    failures = portal.call(over_the_blob_limit, app, name, size)
-    print(f"FUZZ {name} {size} bytes: {len(failures)} workflow task failure(s) {failures[:1]}")
+    failures, unavailable = portal.call(over_the_blob_limit, app, name, size)
+    print(
+        f"FUZZ {name} {size} bytes: {len(failures)} workflow task failure(s) {failures[:1]}, "
+        f"queries refused for {unavailable:.1f}s"
+    )
     assert all("TMPRL1103" in f for f in failures), failures
+
+
+async def reassign_outside_org_chart(app: FuzzApp) -> tuple[str, list[str], int]:
+    opp = app.deals["reassign"]
+    request_id = f"fz-{uuid.uuid4().hex}"
+    before = await app.client.state(opp)
+    try:
+        await app.client.reassign(
+            opp, actor=app.team.actor("mgr"), owner_id="nobody-at-all", request_id=request_id
+        )
+    except CommandRejected as refused:
+        rule = refused.rule
+    else:
+        raise AssertionError("a reassignment to someone outside the org chart was accepted")
+    assert await app.client.state(opp) == before
+    await asyncio.sleep(1)
+    audited = await app.pool.fetch(
+        "SELECT rule FROM rejected_commands WHERE opportunity_id = $1 AND request_id = $2", opp, request_id
+    )
+    return rule, [r["rule"] for r in audited], 0
+
+
+def test_a_reassign_to_someone_outside_the_org_chart_is_refused_and_audited(
+    portal: BlockingPortal, app: FuzzApp
+) -> None:
+    """The org chart lookup is I/O, so this refusal comes after the update was accepted: it
+    must still change nothing and land in ``rejected_commands`` like any other refusal."""
+    rule, audited, _ = portal.call(reassign_outside_org_chart, app)
+    assert rule == "unknown_user"
+    assert audited == ["unknown_user"], "the refusal is recorded as rejected"

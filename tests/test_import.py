@@ -30,6 +30,7 @@ from starter.import_mapping import (
     Person,
     RowConverter,
     detect,
+    load_mapping,
     parse_mapping,
     resolve_columns,
 )
@@ -414,6 +415,9 @@ async def test_a_hubspot_workbook_imports_from_the_command_line_with_a_mapping_f
         "--mapping",
         str(mapping),
     ]
+    checked = await Importer(app.client, workbook, mapping=load_mapping(mapping), dry_run=True).run()
+    assert (checked.created, checked.remaining, [p.line for p in checked.problems]) == (0, 2, [4])
+    assert await workflows_started(app, prefix) == 0
 
     first = await run_cli(command, tmp_path, env)
 

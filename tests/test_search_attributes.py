@@ -10,11 +10,9 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
-import pytest
 import pytest_asyncio
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
@@ -124,7 +122,6 @@ async def test_list_filters_follow_stage_owner_escalation_and_close_date(app: Ap
     assert attributes.get(sa.FORECAST_CATEGORY) == "Pipeline"
     assert attributes.get(sa.STAGE_ENTERED_AT) == datetime.fromisoformat(state["stage_entered_at"])
     assert attributes.get(sa.CLOSE_DATE) == datetime(2026, 12, 15, tzinfo=UTC)
-    assert Decimal(state["amount"]) == Decimal("125000")
 
 
 async def test_the_amount_filter_follows_a_field_update(app: App) -> None:
@@ -196,14 +193,10 @@ async def test_setup_temporal_on_the_test_cluster_changes_nothing(
     before = await registered_types(temporal_env.client, "default")
     result = await asyncio.to_thread(run_setup_temporal, address_of(temporal_env), "default", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "namespace default: search attributes ready" in result.stdout
+    assert "namespace default: search attributes all already registered" in result.stdout
     assert await registered_types(temporal_env.client, "default") == before == SEARCH_ATTRIBUTES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="starter/cli.py run() does not catch TemporalSetupError: the operator gets a traceback",
-)
 async def test_setup_temporal_names_an_attribute_registered_with_another_type(
     temporal_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:

@@ -30,7 +30,7 @@ def webhook_receiver() -> Iterator[Receiver]:
     receiver = Receiver(base_url="")
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0))).decode()
             receiver.deliveries.append(
                 Delivery(self.path, {k.lower(): v for k, v in self.headers.items()}, body)

@@ -22,8 +22,8 @@ def render(state: OpportunityState, now: datetime) -> str:
         f"**Stage:** {state.stage} ({state.probability}%, {state.forecast_category})"
         + (" — closed " + ("won" if state.is_won else "lost") if state.is_closed else ""),
         f"**Owner:** {state.owner_id}  **Amount:** {amount}  **Close date:** {state.close_date or 'not set'}",
-        f"**In stage for:** {_ago(now, state.stage_entered_at)} "
-        f"(since {state.stage_entered_at:%Y-%m-%d %H:%M} UTC)",
+        f"**In stage since:** {state.stage_entered_at:%Y-%m-%d %H:%M} UTC "
+        f"({_ago(now, state.stage_entered_at)} as of {now:%Y-%m-%d %H:%M} UTC)",
     ]
     if stage.guidance:
         lines.append(f"**Guidance:** {stage.guidance}")
@@ -38,6 +38,9 @@ def render(state: OpportunityState, now: datetime) -> str:
         lines.append(f"**Escalation level:** {clock.level}  **Next escalation due:** {due}")
     if guide["missing_to_leave"]:
         lines.append(f"**Missing to leave {state.stage}:** {', '.join(guide['missing_to_leave'])}")
+    upcoming = next((s for s in guide["next_stages"] if s["missing_to_enter"]), None)
+    if upcoming and not state.is_closed:
+        lines.append(f"**Missing to enter {upcoming['stage']}:** {', '.join(upcoming['missing_to_enter'])}")
     open_handoffs = state.open_handoffs()
     if open_handoffs:
         items = ", ".join(f"{h.title} ({h.assignee_id or 'unassigned'})" for h in open_handoffs)

@@ -29,6 +29,10 @@ class NotificationWorkflow:
         )
 
 
+def _deal_of(notification: Notification) -> str:
+    return str(notification.payload.get("name") or notification.payload.get("opportunity_id") or "")
+
+
 async def notify_once(notification: Notification, run: Callable[..., Any]) -> None:
     """Start the delivery workflow unless one with this webhook id already exists."""
     try:
@@ -37,7 +41,7 @@ async def notify_once(notification: Notification, run: Callable[..., Any]) -> No
             notification,
             id=f"notify-{notification.webhook_id}",
             parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-            static_summary=f"webhook {notification.event_type}",
+            static_summary=f"webhook {notification.event_type}: {_deal_of(notification)}",
         )
     except Exception as exc:
         if "already" not in str(exc).lower():

@@ -40,6 +40,7 @@ def initial(cmd: CreateOpportunity, stage: str, forecast_category: str) -> Typed
     pairs: list[SearchAttributePair] = [
         SearchAttributePair(STAGE, stage),
         SearchAttributePair(OWNER, cmd.owner_id),
+        SearchAttributePair(STAGE_ENTERED_AT, cmd.stage_entered_at or datetime.now(UTC)),
         SearchAttributePair(ESCALATION_LEVEL, 0),
         SearchAttributePair(FORECAST_CATEGORY, forecast_category),
     ]

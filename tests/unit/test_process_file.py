@@ -73,5 +73,5 @@ def test_unknown_keys_are_refused() -> None:
         .replace("140", "100")
         .replace("name: Open", "name: Open\n    colour: red")
     )
-    with pytest.raises(ProcessFileError, match="stages.0.colour: Extra inputs are not permitted"):
+    with pytest.raises(ProcessFileError, match=r"stages\.0\.colour: Extra inputs are not permitted"):
         parse_process_yaml(text)
