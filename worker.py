@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import rejection_log
 from activities.notifications import Notifier
@@ -24,6 +25,14 @@ from workflows.notification import NotificationWorkflow
 from workflows.opportunity import OpportunityWorkflow
 
 log = logging.getLogger("oppflow.worker")
+
+# The domain and its data libraries are deterministic: shared with the host instead of
+# re-imported for every workflow run (measured: about 40% more creations per second).
+SANDBOX = SandboxedWorkflowRunner(
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(
+        "sales", "pydantic", "pydantic_core", "annotated_types", "yaml"
+    )
+)
 
 WORKFLOWS: Sequence[type] = (OpportunityWorkflow, HandoffWorkflow, NotificationWorkflow, WeeklyDigestWorkflow)
 
@@ -39,6 +48,7 @@ def build_worker(
     options.setdefault("max_concurrent_local_activities", settings.db_pool_max * 2)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("interceptors", observability.worker_interceptors())
+    options.setdefault("workflow_runner", SANDBOX)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,

@@ -1,7 +1,8 @@
 """One worker in its own process, so its memory (RSS) is its own and a restart is real.
 
-``python -m bench.worker_process --kind oppflow|baseline ...`` prints ``ready`` once it
-polls, and stops gracefully on SIGTERM. ``WorkerProcess`` starts and watches one.
+``python -m bench.worker_process --kind oppflow|baseline ...`` writes its ready file once
+it polls, exits non-zero if the worker fails, and stops gracefully on SIGTERM.
+``WorkerProcess`` starts and watches one.
 """
 
 from __future__ import annotations
@@ -54,21 +55,20 @@ class WorkerProcess:
             # Compiled modules kept (in the work dir) instead of compiled again on every import.
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = str(self.log_file.parent / "pycache")
+        ready = self.log_file.with_suffix(".ready")
+        ready.unlink(missing_ok=True)
+        # Output goes to a file, never to an undrained pipe: the SDK core writes its own log
+        # lines to stdout, and a full pipe blocks the core thread that writes (the worker stalls).
         with open(self.log_file, "ab") as log:  # noqa: ASYNC230 (a local file, opened once)
             self.process = await asyncio.create_subprocess_exec(
-                *self.spec.argv(), cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=log
+                *self.spec.argv(), "--ready-file", str(ready), cwd=ROOT, env=env, stdout=log, stderr=log
             )
-        assert self.process.stdout is not None
-        try:
-            line = await asyncio.wait_for(self.process.stdout.readline(), timeout)
-        except TimeoutError:
-            await self.stop()
-            raise RuntimeError(
-                f"{self.spec.kind} worker not ready after {timeout:g}s; see {self.log_file}"
-            ) from None
-        if line.decode().strip() != READY:
-            await self.stop()
-            raise RuntimeError(f"{self.spec.kind} worker failed to start; see {self.log_file}")
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if self.process.returncode is not None or time.monotonic() > deadline:
+                await self.stop()
+                raise RuntimeError(f"{self.spec.kind} worker did not start; see {self.log_file}")
+            await asyncio.sleep(0.05)
         return time.perf_counter() - began
 
     @property
@@ -88,11 +88,10 @@ class WorkerProcess:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            # communicate() also closes the pipe, so nothing is left for the closed loop
-            await asyncio.wait_for(self.process.communicate(), grace)
+            await asyncio.wait_for(self.process.wait(), grace)
         except TimeoutError:
             self.process.kill()
-            await self.process.communicate()
+            await self.process.wait()
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -126,7 +125,7 @@ async def _serve(args: argparse.Namespace) -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     running = asyncio.create_task(worker.run())
     stopped = asyncio.create_task(stop.wait())
-    print(READY, flush=True)
+    await asyncio.to_thread(Path(args.ready_file).write_text, READY)
     try:
         await asyncio.wait({running, stopped}, return_when=asyncio.FIRST_COMPLETED)
         if running.done():
@@ -149,6 +148,7 @@ def main() -> None:
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--max-cached", type=int, default=1000)
     parser.add_argument("--experiment", default=None)
+    parser.add_argument("--ready-file", required=True)
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("BENCH_METRICS_PORT", 0)))
     asyncio.run(_serve(parser.parse_args()))
 

@@ -18,6 +18,7 @@ from typing import Literal
 import asyncpg
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from sales.process import DEFAULT_PROCESS_NAME, SalesProcess, default_process
 from starter import processes
@@ -173,7 +174,7 @@ def _draw_funnel(data: FunnelData) -> Figure:
     by_count.invert_yaxis()
     by_count.set_title("Deals per stage")
     by_count.bar_label(by_count.containers[0], padding=3)
-    by_count.xaxis.get_major_locator().set_params(integer=True)
+    by_count.xaxis.set_major_locator(MaxNLocator(integer=True))
     amounts = [float(a) for a in data.amounts]
     by_amount.barh(positions, amounts, color=colours)
     by_amount.set_title("Amount per stage")
@@ -220,7 +221,7 @@ def _draw_escalations(data: EscalationsData) -> Figure:
     axes.set_xticks(positions, [f"{w:%d %b}" for w in data.weeks], rotation=45, ha="right")
     axes.set_xlabel("week starting")
     axes.set_ylabel("escalations sent")
-    axes.yaxis.get_major_locator().set_params(integer=True)
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.grid(axis="y", alpha=0.3)
     if data.by_level:
         axes.legend(title="ladder level")

@@ -53,6 +53,8 @@ def run(fn: Callable[..., Awaitable[T]]) -> Callable[..., T | None]:
     def wrapper(*args: Any, **kwargs: Any) -> T | None:
         try:
             return asyncio.run(fn(*args, **kwargs))
+        except typer.Exit:
+            raise
         except CommandRejected as exc:
             missing = f" (missing: {', '.join(exc.missing)})" if exc.missing else ""
             fail(f"refused [{exc.rule}]: {exc.message}{missing}")

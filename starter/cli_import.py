@@ -120,13 +120,57 @@ def default_report_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.import-report.json")
 
 
+async def import_deals(
+    path: Path,
+    mapping: Path | None,
+    actor: str | None,
+    concurrency: int,
+    limit: int | None,
+    dry_run: bool,
+    report: Path | None,
+) -> int:
+    """Run one import with progress, write the report, print the summary; the exit code."""
+    from starter.cli import connected, console
+    from starter.import_mapping import load_mapping
+    from starter.importer import Importer, ImportStalled
+
+    chosen = load_mapping(mapping) if mapping else None
+    progress: Any = RichProgress(console) if console.is_terminal else PlainProgress()
+    async with connected() as client:
+        importer = Importer(
+            client,
+            path,
+            mapping=chosen,
+            actor_id=actor,
+            concurrency=concurrency,
+            limit=limit,
+            dry_run=dry_run,
+            progress=progress,
+        )
+        exit_code, stalled = 0, None
+        try:
+            await importer.run()
+        except asyncio.CancelledError:
+            exit_code = 130
+        except ImportStalled as exc:
+            exit_code, stalled = 1, exc
+    result = importer.report
+    report_path = report or default_report_path(path)
+    report_path.write_text(json.dumps(result.as_json(), indent=2, default=str) + "\n", encoding="utf-8")
+    for line in summary_lines(result):
+        typer.echo(line)
+    typer.echo(f"  report: {report_path}")
+    if stalled:
+        typer.echo(f"error: {stalled}", err=True)
+    return exit_code or (2 if result.problems else 0)
+
+
 def register(app: typer.Typer) -> None:
     """Add the import and chart commands to the ``oppflow`` app."""
-    from starter.cli import connected, console, resolve_database_url, run
+    from starter.cli import resolve_database_url, run
 
     @app.command("import")
-    @run
-    async def import_cmd(
+    def import_cmd(
         path: Annotated[Path, typer.Argument(help="Salesforce or HubSpot export (.csv or .xlsx)")],
         mapping: Annotated[
             Path | None, typer.Option("--mapping", help="YAML mapping for other exports")
@@ -134,7 +178,9 @@ def register(app: typer.Typer) -> None:
         actor: Annotated[
             str | None, typer.Option("--actor", help="who imports (default: each deal's owner)")
         ] = None,
-        concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=256)] = 16,
+        concurrency: Annotated[
+            int, typer.Option("--concurrency", min=1, max=256, help="deals started at once")
+        ] = 16,
         limit: Annotated[
             int | None, typer.Option("--limit", min=0, help="import at most N rows this run")
         ] = None,
@@ -144,41 +190,10 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Import opportunities from a CRM export; safe to interrupt and to run again."""
-        from starter.import_mapping import load_mapping
-        from starter.importer import Importer, ImportStalled
-
-        chosen = load_mapping(mapping) if mapping else None
-        progress: Any = RichProgress(console) if console.is_terminal else PlainProgress()
-        async with connected() as client:
-            importer = Importer(
-                client,
-                path,
-                mapping=chosen,
-                actor_id=actor,
-                concurrency=concurrency,
-                limit=limit,
-                dry_run=dry_run,
-                progress=progress,
-            )
-            exit_code, stalled = 0, None
-            try:
-                await importer.run()
-            except asyncio.CancelledError:
-                exit_code = 130
-            except ImportStalled as exc:
-                exit_code, stalled = 1, exc
-        result = importer.report
-        report_path = report or default_report_path(path)
-        report_path.write_text(json.dumps(result.as_json(), indent=2, default=str) + "\n", encoding="utf-8")
-        for line in summary_lines(result):
-            typer.echo(line)
-        typer.echo(f"  report: {report_path}")
-        if stalled:
-            typer.echo(f"error: {stalled}", err=True)
-        if exit_code:
-            raise typer.Exit(exit_code)
-        if result.problems:
-            raise typer.Exit(2)
+        # The exit code is raised here, outside `run`, which turns exceptions into one-line errors.
+        code = run(import_deals)(path, mapping, actor, concurrency, limit, dry_run, report)
+        if code:
+            raise typer.Exit(code)
 
     @app.command("chart")
     @run
@@ -192,7 +207,9 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Draw a pipeline chart to a PNG or SVG file."""
+        from db.pool import create_pool
         from starter.charts import CHART_KINDS, Scope, render_chart
+        from starter.settings import get_settings
 
         if kind not in CHART_KINDS:
             raise ValueError(f"chart must be one of {', '.join(CHART_KINDS)} (got {kind!r})")
@@ -200,9 +217,6 @@ def register(app: typer.Typer) -> None:
         if fmt not in ("png", "svg"):
             raise ValueError(f"--out must end in .png or .svg (got {out.name})")
         scope = Scope(owner_ids=owner or None, weeks=weeks, **({"process_name": process} if process else {}))
-        from db.pool import create_pool
-        from starter.settings import get_settings
-
         pool = await create_pool(resolve_database_url(get_settings()), 1, 2)
         try:
             image = await render_chart(kind, pool, fmt, scope)  # type: ignore[arg-type]

@@ -22,6 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
@@ -32,6 +33,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import create_app
+from api.auth import mint_token
 from sales.messages import MAX_FIELDS_BYTES
 from starter.client import CommandRejected, OpportunityClient, workflow_id
 from tests.fuzz_commands import spoiled, valid_payloads
@@ -64,6 +67,13 @@ EXAMPLES = settings(
 )
 TEMPORAL_BLOB_LIMIT = 2 * 1024 * 1024
 IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,119}")
+# HTTP routes fuzzed, each on a deal of its own: (method, path under the deal, the command).
+HTTP_ROUTES = {
+    "http_change_stage": ("POST", "/stage", "change_stage"),
+    "http_update_fields": ("PATCH", "", "update_fields"),
+    "http_record_activity": ("POST", "/activities", "record_activity"),
+}
+JWT_SECRET = "fuzz-secret-long-enough-for-hs256-signing"
 # Refusals that need the org chart (I/O), so they happen after the update was accepted.
 REFUSED_AFTER_ACCEPTANCE = {"unknown_user"}
 # Event types that mean "a command reached the deal's history".
@@ -107,7 +117,7 @@ async def fuzz_app(address: str, database_url: str) -> AsyncIterator[FuzzApp]:
     """One deal per command, so each command's fuzzing has a history of its own."""
     async with portal_app(address, database_url) as app:
         deals = {}
-        for name in [*UPDATES, "record_activity"]:
+        for name in [*UPDATES, "record_activity", *HTTP_ROUTES]:
             opp = f"fuzz-{uuid.uuid4().hex[:10]}"
             await app.client.create(
                 actor=app.team.actor("rep"),
@@ -412,7 +422,7 @@ def test_a_payload_over_temporals_limit_never_reaches_history(
     assert all("TMPRL1103" in f for f in failures), failures
 
 
-async def reassign_outside_org_chart(app: FuzzApp) -> tuple[str, list[str], int]:
+async def reassign_outside_org_chart(app: FuzzApp) -> tuple[str, list[str]]:
     opp = app.deals["reassign"]
     request_id = f"fz-{uuid.uuid4().hex}"
     before = await app.client.state(opp)
@@ -429,7 +439,7 @@ async def reassign_outside_org_chart(app: FuzzApp) -> tuple[str, list[str], int]
     audited = await app.pool.fetch(
         "SELECT rule FROM rejected_commands WHERE opportunity_id = $1 AND request_id = $2", opp, request_id
     )
-    return rule, [r["rule"] for r in audited], 0
+    return rule, [r["rule"] for r in audited]
 
 
 def test_a_reassign_to_someone_outside_the_org_chart_is_refused_and_audited(
@@ -437,6 +447,58 @@ def test_a_reassign_to_someone_outside_the_org_chart_is_refused_and_audited(
 ) -> None:
     """The org chart lookup is I/O, so this refusal comes after the update was accepted: it
     must still change nothing and land in ``rejected_commands`` like any other refusal."""
-    rule, audited, _ = portal.call(reassign_outside_org_chart, app)
+    rule, audited = portal.call(reassign_outside_org_chart, app)
     assert rule == "unknown_user"
     assert audited == ["unknown_user"], "the refusal is recorded as rejected"
+
+
+async def fuzz_http(app: FuzzApp, route: str, body: Any) -> None:
+    """One spoiled body through the HTTP API: a 4xx naming the rule (and for 422 the field)
+    with the deal unchanged, or a 2xx whose values are stored verbatim. Never a 5xx."""
+    method, path, command = HTTP_ROUTES[route]
+    opp = app.deals[route]
+    api = create_app(app.client, jwt_secret=JWT_SECRET, public_url="http://oppflow.test")
+    token = mint_token(JWT_SECRET, app.team.id("rep"), ["rep"])
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": f"fz-{uuid.uuid4().hex}"}
+    before = await app.client.state(opp)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api), base_url="http://oppflow.test"
+    ) as http:
+        response = await http.request(method, f"/opportunities/{opp}{path}", json=body, headers=headers)
+    assert response.status_code < 500, f"{route}: {response.status_code} {response.text[:300]}"
+    answer = response.json()
+    if response.status_code >= 400:
+        assert answer.get("rule") and answer.get("message"), f"{route}: {answer}"
+        if response.status_code == 422:
+            assert answer.get("field") or answer["message"].startswith("payload"), f"{route}: {answer}"
+        if command != "record_activity":
+            assert await app.client.state(opp) == before, f"{route}: a refused command changed the deal"
+        return
+    payload = {**body, "request_id": answer["request_id"]}
+    if command == "record_activity":
+        row = await eventually_fetch(
+            app,
+            "SELECT subject, outcome, data FROM activities WHERE opportunity_id = $1 AND request_id = $2",
+            opp,
+            answer["request_id"],
+            want_row=True,
+        )
+        assert (row["subject"], row["outcome"], row["data"]) == (
+            body.get("subject"),
+            body.get("outcome"),
+            body.get("data", {}),
+        )
+        return
+    await stored_verbatim(app, command, opp, payload, answer)
+
+
+@pytest.mark.parametrize("route", sorted(HTTP_ROUTES))
+@EXAMPLES
+@given(data=st.data())
+def test_a_spoiled_http_body_gets_a_4xx_naming_the_problem_or_is_stored_verbatim(
+    portal: BlockingPortal, app: FuzzApp, route: str, data: st.DataObject
+) -> None:
+    command = HTTP_ROUTES[route][2]
+    body = {k: v for k, v in valid_payloads(app.team)[command].items() if k != "actor"}
+    payload = data.draw(spoiled(body, objects_only=False), label="body")
+    portal.call(fuzz_http, app, route, payload)

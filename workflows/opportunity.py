@@ -362,7 +362,8 @@ class OpportunityWorkflow:
             stage_change=self._stage_row(None, "created" if create.stage_entered_at is None else "imported"),
             detail={"stage_entered_at": s.stage_entered_at.isoformat()},
         )
-        self._open_stage_handoffs()
+        if not s.is_closed:  # a deal created already closed is history brought in: no new work
+            self._open_stage_handoffs()
         s.remember(self._result(create.request_id, f"created in {s.stage}"))
 
     def _stage_row(self, from_stage: str | None, reason: str | None) -> StageChangeRow:

@@ -31,6 +31,8 @@ from starter.client import CommandRejected, workflow_id
 T = TypeVar("T")
 Kind = Literal["create", "stage", "fields", "activity"]
 
+# A caller gives up (and the test fails) when a command gets no answer for this long.
+GIVE_UP_AFTER = 300.0
 # The server fails a task that completes (or continues as new) while a new signal waits: the
 # SDK retries it with the signal. Expected under a signal burst, not a bug of ours.
 SERVER_DRIVEN_CAUSES = {WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND}
@@ -100,6 +102,8 @@ class Ledger:
         """Send until the server answers; every attempt carries the same request id."""
         began = time.monotonic()
         while True:
+            if time.monotonic() - began > GIVE_UP_AFTER:
+                raise AssertionError(f"no answer after {GIVE_UP_AFTER:g}s of retries")
             self.attempts += 1
             try:
                 answer = await asyncio.wait_for(call(), attempt_timeout)

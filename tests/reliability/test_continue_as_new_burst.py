@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 import asyncpg
 import pytest
@@ -29,6 +30,7 @@ DEALS = 20
 UPDATES = 25
 SIGNALS = 25
 RESENT = 0.3
+IN_FLIGHT = 8  # commands in flight per deal at once
 
 
 async def test_a_burst_across_continue_as_new_loses_and_repeats_nothing(
@@ -42,6 +44,12 @@ async def test_a_burst_across_continue_as_new_loses_and_repeats_nothing(
     deals = await open_deals(opps, team, process, ledger, DEALS)
 
     sends = []
+    lanes = {opp: asyncio.Semaphore(IN_FLIGHT) for opp in deals}
+
+    async def in_lane(opp: str, send: Awaitable[None]) -> None:
+        async with lanes[opp]:
+            await send
+
     for opp in deals:
         commands = [("fields", n) for n in range(UPDATES)] + [("activity", n) for n in range(SIGNALS)]
         for kind, n in commands:
@@ -49,11 +57,10 @@ async def test_a_burst_across_continue_as_new_loses_and_repeats_nothing(
             ledger.resent += copies - 1
             for _ in range(copies):
                 if kind == "fields":
-                    sends.append(
-                        set_field(opps, team, ledger, opp, f"note_{n}", f"{opp} note {n}", f"{opp}-f{n}")
-                    )
+                    send = set_field(opps, team, ledger, opp, f"note_{n}", f"{opp} note {n}", f"{opp}-f{n}")
                 else:
-                    sends.append(record_activity(opps, team, ledger, opp, f"{opp}-a{n}", f"call {n}"))
+                    send = record_activity(opps, team, ledger, opp, f"{opp}-a{n}", f"call {n}")
+                sends.append(in_lane(opp, send))
     rng.shuffle(sends)
     began = time.monotonic()
     await asyncio.gather(*sends)
