@@ -97,3 +97,27 @@ def print_report(results: dict[str, Any], console: Console | None = None) -> Non
 
 def json_line(results: dict[str, Any]) -> str:
     return json.dumps(results, default=str, separators=(",", ":"))
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The figures as Markdown tables (for docs/performance.md):
+    ``python -m bench | tail -1 | python -c 'import bench.report as r, json, sys;
+    print(r.markdown(json.load(sys.stdin)))'``."""
+    out: list[str] = []
+    for name, result in results["scenarios"].items():
+        figures = result["figures"]
+        flat = {variant: _flatten(row) for variant, row in figures.items()}
+        keys: list[str] = []
+        for row in flat.values():
+            keys += [k for k in row if k not in keys]
+        out.append(f"**{name}** {result['sizes']}\n")
+        out.append("| figure | " + " | ".join(figures) + " |")
+        out.append("| --- |" + " --- |" * len(figures))
+        for key in keys:
+            out.append(f"| {key} | " + " | ".join(str(flat[v].get(key, "")) for v in figures) + " |")
+        out.append("")
+        out.append(f"ratios: {result['ratios']}  ")
+        met = (f"{t}: {'met' if ok else 'MISSED'}" for t, ok in result["targets"].items())
+        out.append("targets: " + ", ".join(met))
+        out.append("")
+    return "\n".join(out)

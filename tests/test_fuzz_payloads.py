@@ -350,8 +350,24 @@ async def refusal_of_non_object(app: FuzzApp, name: str, payload: Any) -> tuple[
     return getattr(answer, "type", None) or type(answer).__name__, getattr(answer, "message", str(answer))
 
 
+# Until the handlers take ``raw: Any``: the SDK cannot decode a non-object into
+# ``dict[str, Any]``, refuses the update as "RuntimeError: Failed decoding arguments" (no rule,
+# no audit) and drops the signal with only a worker log line.
+NOT_DECODED = pytest.mark.xfail(
+    strict=True, reason="workflows/opportunity.py: handlers typed raw: dict[str, Any] (fix: raw: Any)"
+)
+
+
 @pytest.mark.parametrize("name", ["change_stage", "record_activity"])
-@pytest.mark.parametrize("payload", [[], "Closed Won", 42, None])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param([], marks=NOT_DECODED),
+        pytest.param("Closed Won", marks=NOT_DECODED),
+        pytest.param(42, marks=NOT_DECODED),
+        None,
+    ],
+)
 def test_a_payload_that_is_not_an_object_is_refused_as_malformed(
     portal: BlockingPortal, app: FuzzApp, name: str, payload: Any
 ) -> None:
@@ -442,6 +458,11 @@ async def reassign_outside_org_chart(app: FuzzApp) -> tuple[str, list[str]]:
     return rule, [r["rule"] for r in audited]
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="workflows/opportunity.py: reassign/add_team_member raise refusal_error for unknown_user "
+    "without pushing to rejection_log",
+)
 def test_a_reassign_to_someone_outside_the_org_chart_is_refused_and_audited(
     portal: BlockingPortal, app: FuzzApp
 ) -> None:
@@ -492,7 +513,16 @@ async def fuzz_http(app: FuzzApp, route: str, body: Any) -> None:
     await stored_verbatim(app, command, opp, payload, answer)
 
 
-@pytest.mark.parametrize("route", sorted(HTTP_ROUTES))
+# A body with the deal's new ``name`` collides with OpportunityClient.send(..., name, ...): 500.
+NAME_COLLIDES = pytest.mark.xfail(
+    strict=True, reason="starter/client.py: send()'s parameter `name` takes the deal's name (fix: `/`)"
+)
+
+
+@pytest.mark.parametrize(
+    "route",
+    [pytest.param(r, marks=NAME_COLLIDES) if r == "http_update_fields" else r for r in sorted(HTTP_ROUTES)],
+)
 @EXAMPLES
 @given(data=st.data())
 def test_a_spoiled_http_body_gets_a_4xx_naming_the_problem_or_is_stored_verbatim(
@@ -502,3 +532,24 @@ def test_a_spoiled_http_body_gets_a_4xx_naming_the_problem_or_is_stored_verbatim
     body = {k: v for k, v in valid_payloads(app.team)[command].items() if k != "actor"}
     payload = data.draw(spoiled(body, objects_only=False), label="body")
     portal.call(fuzz_http, app, route, payload)
+
+
+async def rename_over_http(app: FuzzApp) -> tuple[int, str]:
+    opp = app.deals["http_update_fields"]
+    api = create_app(app.client, jwt_secret=JWT_SECRET, public_url="http://oppflow.test")
+    token = mint_token(JWT_SECRET, app.team.id("rep"), ["rep"])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api), base_url="http://oppflow.test"
+    ) as http:
+        response = await http.patch(
+            f"/opportunities/{opp}",
+            json={"name": "Acme renewal 2027"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    return response.status_code, (await app.client.state(opp))["name"]
+
+
+@NAME_COLLIDES
+def test_a_rep_renames_a_deal_over_http(portal: BlockingPortal, app: FuzzApp) -> None:
+    status, name = portal.call(rename_over_http, app)
+    assert (status, name) == (200, "Acme renewal 2027")

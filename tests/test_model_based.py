@@ -202,8 +202,8 @@ def test_random_sales_commands_keep_model_state_and_database_in_step(
     run_state_machine_as_test(
         deal_machine(portal, app),
         settings=settings(
-            max_examples=10,
-            stateful_step_count=30,
+            max_examples=8,
+            stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
         ),

