@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -103,8 +104,15 @@ async def main() -> None:
             "DATABASE_URL is not set: a standalone worker needs the Postgres that oppflow migrated"
         )
     pool = await create_pool(settings.database_url, settings.db_pool_min, settings.db_pool_max)
+    # SIGTERM (docker stop, a deploy) cancels the run: the worker finishes in-flight tasks
+    # within graceful_shutdown_timeout and leaves, so its deals move to another worker at once.
+    running = asyncio.current_task()
+    if running is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, running.cancel)
     try:
         await run_worker(client, pool, settings)
+    except asyncio.CancelledError:
+        log.info("worker stopped on SIGTERM")
     finally:
         await pool.close()
 

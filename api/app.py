@@ -15,6 +15,7 @@ from api import errors, routes_actions, routes_opportunities, routes_reports
 from api.commands import Services, services
 from api.idempotency import IdempotencyStore
 from api.schemas import Health
+from starter import metrics, observability
 from starter.client import OpportunityClient
 
 DESCRIPTION = """
@@ -46,6 +47,8 @@ def create_app(client: OpportunityClient, *, jwt_secret: str, public_url: str) -
     app.include_router(routes_reports.router)
     app.include_router(routes_actions.router)
     app.add_api_route("/health", health, methods=["GET"], response_model=Health, tags=["operations"])
+    app.mount("/metrics", metrics.metrics_app())
+    app.add_middleware(observability.RequestContext)
     return app
 
 

@@ -56,6 +56,7 @@ async def token(
 async def api() -> None:
     """Run the HTTP API alone, against the configured Temporal and DATABASE_URL."""
     from api.server import serve_api
+    from starter import observability
     from starter.cli import resolve_database_url
     from starter.connect import connect_temporal
     from starter.dev_stack import stop_on_signals
@@ -64,6 +65,7 @@ async def api() -> None:
     settings = get_settings()
     check_ports_free({settings.api_port: "stop whatever serves it or set OPPFLOW_API_PORT"})
     database_url = resolve_database_url(settings)
+    observability.setup_api_process()
     client = await connect_temporal(settings)
     typer.echo(f"oppflow API on http://localhost:{settings.api_port} (docs at /docs); Ctrl-C to stop")
     stop = asyncio.Event()

@@ -7,9 +7,9 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from db.migrate import upgrade
+from starter.codec import data_converter
 from starter.ports import check_ports_free
 from starter.postgres import start_database
 from starter.settings import Settings
@@ -120,7 +120,8 @@ async def _up_and_serve(
 
     server = await start_dev_server(options)
     stack.push_async_callback(server.astop)
-    client = await Client.connect(server.address, namespace=NAMESPACE, data_converter=pydantic_data_converter)
+    # data_converter() encrypts payloads when OPPFLOW_ENCRYPTION_KEYS is set (off by default).
+    client = await Client.connect(server.address, namespace=NAMESPACE, data_converter=data_converter())
     await register_search_attributes(client, NAMESPACE)
 
     print_fn(banner(settings, server, database.url, api=start_api is not None))
