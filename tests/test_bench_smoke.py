@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+# About 45 s on an idle 2-core machine (its own server and Postgres), 100 s on a busy one.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 DEALS, CHANGES, CREATIONS, STORM, OPEN = 6, 2, 5, 8, 12
 

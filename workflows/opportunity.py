@@ -343,7 +343,10 @@ class OpportunityWorkflow:
         async with self._lock:
             batch, self._outbox = self._outbox, []
             self.state.saved_version += 1
-            row = OpportunityRow.of(self.state, self.state.saved_version)
+            # A write retried after a crash carries the same saved_version but may hold more
+            # changes; the history length (under Temporal's 51,200-event cap) breaks the tie.
+            version = self.state.saved_version * 1_000_000 + workflow.info().get_current_history_length()
+            row = OpportunityRow.of(self.state, version)
             await workflow.execute_local_activity_method(
                 OpportunityStore.persist,
                 PersistBatch(opportunity=row, changes=batch, handoffs=list(self.state.handoffs)),

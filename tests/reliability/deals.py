@@ -88,7 +88,7 @@ class Pace:
     number of commands in flight (like a client's connection pool): when the system slows
     down, callers wait instead of piling more work onto it."""
 
-    def __init__(self, per_second: float, in_flight: int = 24) -> None:
+    def __init__(self, per_second: float, in_flight: int = 8) -> None:
         self.interval = 1.0 / per_second
         self.next_at = time.monotonic()
         self._lock = asyncio.Lock()

@@ -22,7 +22,7 @@ from typing import Any, Literal, TypeVar
 
 import asyncpg
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
 from sales.messages import CommandResult
@@ -32,7 +32,7 @@ T = TypeVar("T")
 Kind = Literal["create", "stage", "fields", "activity"]
 
 # A caller gives up (and the test fails) when a command gets no answer for this long.
-GIVE_UP_AFTER = 300.0
+GIVE_UP_AFTER = 600.0
 # The server fails a task that completes (or continues as new) while a new signal waits: the
 # SDK retries it with the signal. Expected under a signal burst, not a bug of ours.
 SERVER_DRIVEN_CAUSES = {WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND}
@@ -112,12 +112,8 @@ class Ledger:
             except CommandRejected as refused:
                 self.refused.append(f"{refused.rule}: {refused.message}")
                 raise
-            except (RPCError, TimeoutError, RuntimeError, OSError):
-                self.retries += 1
-                await asyncio.sleep(pause)
-            except Exception as exc:  # update outcome unknown: the SDK's timeout/cancel errors
-                if type(exc).__name__ not in ("WorkflowUpdateRPCTimeoutOrCancelledError",):
-                    raise
+            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError, TimeoutError, RuntimeError, OSError):
+                # No answer: the command may or may not have been applied; the same id is safe.
                 self.retries += 1
                 await asyncio.sleep(pause)
 

@@ -44,25 +44,6 @@ async def test_a_postgres_outage_delays_writes_and_loses_none(
     acked_during_outage = 0
     figures: dict[str, float | int] = {}
 
-    async def outage() -> None:
-        nonlocal acked_before_outage, acked_during_outage
-        await asyncio.sleep(rng.uniform(3, 6))
-        acked_before_outage = ledger.count("stage")
-        await asyncio.to_thread(rel_postgres.stop)
-        await asyncio.sleep(OUTAGE_SECONDS)
-        acked_during_outage = ledger.count("stage") - acked_before_outage
-        await asyncio.to_thread(rel_postgres.start)
-        restarted = time.monotonic()
-        owed = [(opp, a.request_id) for opp, acks in ledger.acks.items() for a in acks.values()]
-        await asyncio.sleep(rng.uniform(2, 4))
-        figures["backends_terminated"] = await terminate_backends(rel_postgres.url)
-        figures["recovery_seconds"] = await landed(owed, restarted)
-
-    pace = Pace(RATE)
-    fault = asyncio.create_task(outage())
-    await asyncio.gather(*(move_deal(opps, team, ledger, opp, MOVES, pace) for opp in deals))
-    await fault
-
     async def landed(owed: list[tuple[str, str]], since: float) -> float:
         """Seconds from the restart until every move acknowledged by then is in stage_history."""
         conn = await asyncpg.connect(dsn_of(rel_postgres.url))
@@ -81,6 +62,25 @@ async def test_a_postgres_outage_delays_writes_and_loses_none(
         finally:
             await conn.close()
         return time.monotonic() - since
+
+    async def outage() -> None:
+        nonlocal acked_before_outage, acked_during_outage
+        await asyncio.sleep(rng.uniform(3, 6))
+        acked_before_outage = ledger.count("stage")
+        await asyncio.to_thread(rel_postgres.stop)
+        await asyncio.sleep(OUTAGE_SECONDS)
+        acked_during_outage = ledger.count("stage") - acked_before_outage
+        await asyncio.to_thread(rel_postgres.start)
+        restarted = time.monotonic()
+        owed = [(opp, a.request_id) for opp, acks in ledger.acks.items() for a in acks.values()]
+        await asyncio.sleep(rng.uniform(2, 4))
+        figures["backends_terminated"] = await terminate_backends(rel_postgres.url)
+        figures["recovery_seconds"] = await landed(owed, restarted)
+
+    pace = Pace(RATE)
+    fault = asyncio.create_task(outage())
+    await asyncio.gather(*(move_deal(opps, team, ledger, opp, MOVES, pace) for opp in deals))
+    await fault
 
     # The test's own pool lost its sessions too: read the result through a fresh one.
     pool = await create_pool(rel_postgres.url, min_size=1, max_size=4)

@@ -61,7 +61,7 @@ async def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(
     restarts: list[float] = []
     killer = asyncio.create_task(keep_killing(fleet, rng, done, restarts))
     began = time.monotonic()
-    pace = Pace(RATE)
+    pace = Pace(RATE, in_flight=DEALS)  # a killed worker stalls its deals, not the others
     try:
         await asyncio.gather(*(move_deal(opps, team, ledger, opp, MOVES, pace) for opp in deals))
     finally:
