@@ -1,0 +1,1 @@
+"""Fault tests: real worker processes, PostgreSQL and Temporal, broken on purpose."""
