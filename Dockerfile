@@ -2,8 +2,7 @@
 # `codec-server`, or any other `oppflow` command given as the container command).
 FROM python:3.11.14-slim-bookworm
 
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
+ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -16,7 +15,10 @@ COPY starter ./starter
 COPY api ./api
 COPY db ./db
 COPY worker.py ./
+# Bytecode is compiled at build time: the workflow sandbox re-imports the workflow modules
+# for every deal it loads, and compiling them from source each time cost 20% of the CPU.
 RUN pip install . \
+    && python -m compileall -q /usr/local/lib/python3.11/site-packages \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin oppflow
 
 USER 10001

@@ -116,8 +116,13 @@ async def run(scenarios: list[str], sizes: Sizes, keep: bool = False) -> dict[st
                 progress(f"{name} stopped: {stalled}; see the logs in {stack.workdir}")
                 results["stalled"] = {"scenario": name, "error": str(stalled)}
                 break
+            except Exception as exc:  # the other scenarios' figures are still worth having
+                progress(f"{name} failed: {exc!r}; see the logs in {stack.workdir}")
+                results.setdefault("failed", {})[name] = repr(exc)
+                continue
             results["scenarios"][name]["scenario_seconds"] = round(time.perf_counter() - began, 1)
-            progress(f"{name} done in {time.perf_counter() - began:.0f}s")
+            figures = json_line(results["scenarios"][name])
+            progress(f"{name} done in {time.perf_counter() - began:.0f}s: {figures}")
     results["machine"] = machine()
     if "stalled" in results and not keep:
         progress("rerun with --keep to look at the worker and server logs")

@@ -62,6 +62,7 @@ class Sample:
             "p99_ms": round(percentile(self.latencies, 99) * 1000, 1),
             "max_ms": round(max(self.latencies, default=0.0) * 1000, 1),
             "errors": len(self.errors),
+            "first_errors": sorted(set(self.errors))[:3],
         }
 
 

@@ -42,6 +42,9 @@ def _sample_table(title: str, figures: dict[str, dict[str, Any]]) -> Table:
         table.add_column(column, justify="right")
     for variant, row in figures.items():
         table.add_row(variant, *(str(row.get(column, "")) for column in SAMPLE_COLUMNS))
+    errors = [e for row in figures.values() for e in row.get("first_errors", [])]
+    if errors:
+        table.caption = "errors: " + "; ".join(errors)[:500]
     return table
 
 

@@ -5,6 +5,7 @@ dict of figures, ratios and whether the issue's targets were met."""
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 import uuid
@@ -382,7 +383,13 @@ async def open_deals(stack: Stack, sizes: Sizes) -> dict[str, Any]:
 async def start_shared_workers(stack: Stack, sizes: Sizes) -> list[WorkerProcess]:
     """One oppflow and one bare worker, each in its own process, for scenarios 1-3."""
     return [
-        await stack.start_worker("oppflow", OPPFLOW_QUEUE, experiment=sizes.experiment),
+        await stack.start_worker(
+            "oppflow",
+            OPPFLOW_QUEUE,
+            experiment=sizes.experiment,
+            # BENCH_METRICS_PORT: the SDK's Prometheus metrics of this worker, for profiling
+            metrics_port=int(os.environ.get("BENCH_METRICS_PORT", "0")),
+        ),
         await stack.start_worker("baseline", BARE_QUEUE),
     ]
 

@@ -72,9 +72,17 @@ class Stack:
     workers: list[WorkerProcess] = field(default_factory=list)
 
     async def start_worker(
-        self, kind: str, task_queue: str, *, max_cached: int = 1000, experiment: str | None = None
+        self,
+        kind: str,
+        task_queue: str,
+        *,
+        max_cached: int = 1000,
+        experiment: str | None = None,
+        metrics_port: int = 0,
     ) -> WorkerProcess:
-        spec = WorkerSpec(kind, self.address, self.database_url, task_queue, max_cached, experiment)
+        spec = WorkerSpec(
+            kind, self.address, self.database_url, task_queue, max_cached, experiment, metrics_port
+        )
         process = WorkerProcess(spec, self.workdir / f"worker-{kind}.log")
         await process.start()
         self.workers.append(process)

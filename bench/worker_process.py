@@ -30,6 +30,7 @@ class WorkerSpec:
     task_queue: str
     max_cached_workflows: int = 1000
     experiment: str | None = None
+    metrics_port: int = 0
 
     def argv(self) -> list[str]:
         args = [sys.executable, "-X", "faulthandler", "-m", "bench.worker_process", "--kind", self.kind]
@@ -37,6 +38,8 @@ class WorkerSpec:
         args += ["--task-queue", self.task_queue, "--max-cached", str(self.max_cached_workflows)]
         if self.experiment:
             args += ["--experiment", self.experiment]
+        if self.metrics_port:
+            args += ["--metrics-port", str(self.metrics_port)]
         return args
 
 
@@ -101,7 +104,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from db.pool import create_pool
     from starter.settings import Settings
 
-    if args.metrics_port and args.kind == "oppflow":
+    if args.metrics_port:
         # The SDK's Prometheus metrics (task slots, poll counts, latencies) for profiling.
         from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
@@ -149,7 +152,7 @@ def main() -> None:
     parser.add_argument("--max-cached", type=int, default=1000)
     parser.add_argument("--experiment", default=None)
     parser.add_argument("--ready-file", required=True)
-    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("BENCH_METRICS_PORT", 0)))
+    parser.add_argument("--metrics-port", type=int, default=0)
     asyncio.run(_serve(parser.parse_args()))
 
 

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -226,10 +227,10 @@ async def stored_verbatim(app: FuzzApp, name: str, opp: str, payload: dict[str, 
         assert state["fields"][key] == value
         stored = await eventually_fetch(
             app,
-            "SELECT fields -> $2 AS v FROM opportunities WHERE id = $1 AND state_version = $3",
+            "SELECT fields -> $2 AS v FROM opportunities WHERE id = $1 AND updated_at >= $3",
             opp,
             key,
-            state["saved_version"],
+            datetime.fromisoformat(state["updated_at"]),
         )
         assert stored == value, f"{key}: {value!r} stored as {stored!r}"
     if name == "update_fields" and payload.get("amount") is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -184,11 +185,11 @@ async def agree(app: PortalApp, opp: str, deal: Deal) -> None:
     for _ in range(100):
         row = await app.pool.fetchrow(
             "SELECT stage, stage_entry_seq, owner_id, fields, is_closed, clock_paused AS paused, "
-            "state_version, (SELECT count(*) FROM stage_history WHERE opportunity_id = $1) AS moves "
+            "updated_at, (SELECT count(*) FROM stage_history WHERE opportunity_id = $1) AS moves "
             "FROM opportunities WHERE id = $1",
             opp,
         )
-        if row is not None and row["state_version"] == state["saved_version"]:
+        if row is not None and row["updated_at"] >= datetime.fromisoformat(state["updated_at"]):
             break
         await asyncio.sleep(0.05)
     stored = {k: row[k] for k in expected}

@@ -19,6 +19,7 @@ from tests.reliability.ledger import Ack, Ledger
 from tests.sales_team import SalesTeam
 
 OPEN_STAGES = ["Lead", "Discovery", "Proposal", "Negotiation"]
+CREATE_BATCH = 20  # deals created at once: a new deal's first workflow task is the costliest
 
 
 def bench_process_yaml(name: str, stuck_after: str | None = None) -> str:
@@ -73,8 +74,8 @@ async def open_deals(
         return opp
 
     created = []
-    for start in range(0, count, 50):
-        created += await asyncio.gather(*(one(n) for n in range(start, min(count, start + 50))))
+    for start in range(0, count, CREATE_BATCH):
+        created += await asyncio.gather(*(one(n) for n in range(start, min(count, start + CREATE_BATCH))))
     return created
 
 

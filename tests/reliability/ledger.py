@@ -147,6 +147,12 @@ class Verdict:
         assert not shown, f"oracle found {self.figures}: {shown}"
 
 
+async def written(pool: asyncpg.Pool, opp: str, state: dict[str, Any]) -> bool:
+    """The deal's row in ``opportunities`` carries the state's last change."""
+    saved = await pool.fetchval("SELECT updated_at FROM opportunities WHERE id = $1", opp)
+    return saved is not None and saved >= datetime.fromisoformat(state["updated_at"])
+
+
 async def settled(
     client: Client,
     pool: asyncpg.Pool,
@@ -162,8 +168,7 @@ async def settled(
                 state = await client.get_workflow_handle(workflow_id(opp)).query("get_state")
             except RPCError:
                 continue
-            version = await pool.fetchval("SELECT state_version FROM opportunities WHERE id = $1", opp)
-            if state["pending_writes"] == 0 and version == state["saved_version"]:
+            if state["pending_writes"] == 0 and await written(pool, opp, state):
                 pending.discard(opp)
         if pending:
             if time.monotonic() - began > timeout:

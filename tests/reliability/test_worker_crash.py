@@ -93,11 +93,6 @@ async def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(
     health.assert_clean()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="activities/persistence.py: UPSERT_OPPORTUNITY skips a re-run of the same state_version, "
-    "so the snapshot keeps the crashed attempt's state (fix: state_version <= EXCLUDED.state_version)",
-)
 async def test_a_crash_between_commit_and_reply_writes_each_change_once(
     fleet: WorkerFleet, opps: OpportunityClient, rel_pool: asyncpg.Pool, rel_client: Client, logdir: Path
 ) -> None:
