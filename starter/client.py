@@ -219,10 +219,12 @@ class OpportunityClient:
                 raise OpportunityNotFound(f"opportunity {opportunity_id} not found") from None
             raise
 
-    async def send(self, opportunity_id: str, name: str, model: type[C], **values: Any) -> CommandResult:
+    async def send(
+        self, opportunity_id: str, command: str, model: type[C], /, **values: Any
+    ) -> CommandResult:
         values.setdefault("request_id", None)
         values["request_id"] = values["request_id"] or new_request_id()
-        return await self._update(opportunity_id, name, _build(model, **values))
+        return await self._update(opportunity_id, command, _build(model, **values))
 
     async def change_stage(self, opportunity_id: str, **values: Any) -> CommandResult:
         return await self.send(opportunity_id, "change_stage", ChangeStage, **values)

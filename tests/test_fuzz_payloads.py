@@ -493,15 +493,9 @@ async def fuzz_http(app: FuzzApp, route: str, body: Any) -> None:
     await stored_verbatim(app, command, opp, payload, answer)
 
 
-# A body with the deal's new ``name`` collides with OpportunityClient.send(..., name, ...): 500.
-NAME_COLLIDES = pytest.mark.xfail(
-    strict=True, reason="starter/client.py: send()'s parameter `name` takes the deal's name (fix: `/`)"
-)
-
-
 @pytest.mark.parametrize(
     "route",
-    [pytest.param(r, marks=NAME_COLLIDES) if r == "http_update_fields" else r for r in sorted(HTTP_ROUTES)],
+    sorted(HTTP_ROUTES),
 )
 @EXAMPLES
 @given(data=st.data())
@@ -529,7 +523,6 @@ async def rename_over_http(app: FuzzApp) -> tuple[int, str]:
     return response.status_code, (await app.client.state(opp))["name"]
 
 
-@NAME_COLLIDES
 def test_a_rep_renames_a_deal_over_http(portal: BlockingPortal, app: FuzzApp) -> None:
     status, name = portal.call(rename_over_http, app)
     assert (status, name) == (200, "Acme renewal 2027")
