@@ -186,8 +186,16 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     for table in (
-        "webhook_deliveries", "handoffs", "rejected_commands", "activities", "escalations",
-        "opportunity_events", "field_history", "stage_history", "opportunities",
-        "sales_processes", "users",
+        "webhook_deliveries",
+        "handoffs",
+        "rejected_commands",
+        "activities",
+        "escalations",
+        "opportunity_events",
+        "field_history",
+        "stage_history",
+        "opportunities",
+        "sales_processes",
+        "users",
     ):
         op.execute(f"DROP TABLE IF EXISTS {table}")
