@@ -38,7 +38,7 @@ async def test_a_postgres_outage_delays_writes_and_loses_none(
     team = await new_team(rel_pool)
     await fleet.start(2)
     deals = await open_deals(opps, team, process, ledger, DEALS)
-    await settled(rel_client, rel_pool, deals)
+    await settled(rel_client, rel_pool, deals, timeout=300)
 
     acked_before_outage = 0
     acked_during_outage = 0
