@@ -465,7 +465,10 @@ async def fuzz_http(app: FuzzApp, route: str, body: Any) -> None:
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=api), base_url="http://oppflow.test"
     ) as http:
-        response = await http.request(method, f"/opportunities/{opp}{path}", json=body, headers=headers)
+        # Python's encoder writes Infinity/NaN as JS literals; other clients send them too.
+        content = json.dumps(body, allow_nan=True)
+        headers["Content-Type"] = "application/json"
+        response = await http.request(method, f"/opportunities/{opp}{path}", content=content, headers=headers)
     assert response.status_code < 500, f"{route}: {response.status_code} {response.text[:300]}"
     answer = response.json()
     if response.status_code >= 400:

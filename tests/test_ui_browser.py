@@ -241,7 +241,7 @@ async def test_a_deals_page_reads_like_a_deal_card(page: Page, deals: Deals) -> 
     for label in [
         re.compile(r"^save \d+ change\(s\): create"),  # the activity may share the batch
         "remind the owner (Negotiation/Review, level 1)",
-        "webhook opportunity.escalated",
+        "webhook opportunity.escalated: Acme rollout",
         "stage clock: Negotiation/Review — level 2, escalate to manager",
     ]:
         await expect(page.get_by_text(label, exact=True).first).to_be_visible()
