@@ -63,7 +63,8 @@ class Notifier:
                     notification.webhook_id,
                 )
             }
-        delivered, failed = [], []
+        delivered: list[str] = []
+        failed: list[str] = []
         async with httpx.AsyncClient(timeout=10.0) as http:
             for endpoint in endpoints:
                 if endpoint in done:

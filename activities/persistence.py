@@ -128,11 +128,17 @@ class OpportunityStore:
     """Activities that read and write the opportunity tables through one pool."""
 
     def __init__(
-        self, pool: asyncpg.Pool, public_url: str | None = None, link_secret: str | None = None
+        self,
+        pool: asyncpg.Pool,
+        public_url: str | None = None,
+        link_secret: str | None = None,
+        *,
+        webhook_urls: list[str] | None = None,
     ) -> None:
         self.pool = pool
         self.public_url = public_url
         self.link_secret = link_secret
+        self.webhook_urls = webhook_urls or []
 
     @activity.defn(name="persist_opportunity")
     async def persist(self, batch: PersistBatch) -> int:
@@ -303,7 +309,11 @@ class OpportunityStore:
                 esc.fired_at,
             )
         return EscalationRecorded(
-            recipient_id=recipient, webhook_id=webhook_id, newly_recorded=inserted is not None, links=links
+            recipient_id=recipient,
+            webhook_id=webhook_id,
+            newly_recorded=inserted is not None,
+            links=links,
+            deliver=bool(self.webhook_urls or esc.extra_webhooks),
         )
 
     async def _recipient(

@@ -11,12 +11,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 
 from bench.baseline import BARE_WORKFLOW, BareInput
-from bench.clients import LeanClient, TimedClient
+from bench.clients import TimedClient
 from bench.measure import Sample, percentile, poll_until, pooled, timed_calls, timed_sequences
 from bench.processes import STAGES_PROCESS, STORM_PROCESS, stage_name, stages_process, storm_process
 from bench.stack import Stack, owner_id, rep
@@ -176,30 +177,22 @@ async def _history_shape(stack: Stack, workflow_id: str) -> dict[str, Any]:
 async def creation(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     n, c = sizes.creations, sizes.callers
     timed = TimedClient(stack.client, stack.pool, OPPFLOW_QUEUE)
-    lean = LeanClient(stack.client, stack.pool, OPPFLOW_QUEUE)
-    samples: dict[str, list[Sample]] = {"bare start": [], "oppflow": [], "oppflow lean (proposed)": []}
+    samples: dict[str, list[Sample]] = {"bare start": [], "oppflow": []}
     saved_after: list[float] = []
     for _ in range(sizes.rounds):
         tag = _tag()
         ids = [f"bare-new-{tag}-{i}" for i in range(n)]
         samples["bare start"].append(await _bare_deals(stack, ids, c))
-        for variant, client in (("oppflow", timed), ("oppflow lean (proposed)", lean)):
-            tag = _tag()
-            opp_ids = [f"new-{tag}-{i}" for i in range(n)]
-            began = time.perf_counter()
-            samples[variant].append(await _create_opps(client, opp_ids, c))
-            if variant == "oppflow":
-                await poll_until(
-                    lambda ids=opp_ids: _rows_at_least(stack, ids, n), timeout=120, interval=0.05
-                )
-                saved_after.append(time.perf_counter() - began)
+        tag = _tag()
+        opp_ids = [f"new-{tag}-{i}" for i in range(n)]
+        began = time.perf_counter()
+        samples["oppflow"].append(await _create_opps(timed, opp_ids, c))
+        await poll_until(partial(_rows_at_least, stack, opp_ids, n), timeout=120, interval=0.05)
+        saved_after.append(time.perf_counter() - began)
 
     figures = {name: pooled(s).summary() for name, s in samples.items()}
-    bare, ours, leaner = figures["bare start"], figures["oppflow"], figures["oppflow lean (proposed)"]
-    ratios = {
-        "throughput_vs_bare": _ratio(ours["per_s"], bare["per_s"]),
-        "lean_throughput_vs_bare": _ratio(leaner["per_s"], bare["per_s"]),
-    }
+    bare, ours = figures["bare start"], figures["oppflow"]
+    ratios = {"throughput_vs_bare": _ratio(ours["per_s"], bare["per_s"])}
     return {
         "sizes": {"opportunities": n, "callers": c, "rounds": sizes.rounds},
         "figures": figures,

@@ -286,3 +286,17 @@ def default_process() -> SalesProcess:
     """Salesforce's standard stage list, shipped as ``sales/processes/new-business.yaml``."""
     text = (PROCESS_FOLDER / "new-business.yaml").read_text(encoding="utf-8")
     return parse_process_yaml(text, "new-business.yaml")
+
+
+_shared: dict[tuple[str, int, str], SalesProcess] = {}
+
+
+def shared(process: SalesProcess) -> SalesProcess:
+    """The one object for this definition in this Python process.
+
+    Every deal pinned to a version holds the same (frozen) object instead of its own copy,
+    which is most of a deal's memory in a worker. The key includes the whole definition,
+    so two different definitions under one version number are never confused.
+    """
+    key = (process.name, process.version, process.model_dump_json())
+    return _shared.setdefault(key, process)

@@ -150,6 +150,7 @@ class EscalationRecorded(BaseModel):
     webhook_id: str
     newly_recorded: bool
     links: dict[str, str] = Field(default_factory=dict, description="signed one-use action links")
+    deliver: bool = Field(True, description="some webhook endpoint would receive the notification")
 
 
 class Notification(BaseModel):

@@ -1,10 +1,11 @@
 """Record the replay corpus: run the main scenarios against a real dev server and Postgres
 and save each workflow's history as JSON under tests/histories/.
 
-    .venv/bin/python scripts/record_histories.py
+    .venv/bin/python scripts/record_histories.py [TAG]
 
 Run it after a deliberate change of workflow behaviour (with the patch that keeps old
-histories replaying); commit the new files beside the old ones, never instead of them.
+histories replaying), with a new TAG (e.g. the patch's name): files are named
+``SCENARIO-TAG-N.json``, so the new ones sit beside the old ones, never instead of them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -32,9 +34,10 @@ from tests.sales_team import App, running_app
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "histories"
 Scenario = Callable[[App, WorkflowEnvironment], Awaitable[list[str]]]
+TAG = sys.argv[1] if len(sys.argv) > 1 else ""
 
 
-async def create(app: App, **extra: object) -> str:
+async def create(app: App, **extra: Any) -> str:
     opp = app.opp_id()
     await app.client.create(
         actor=app.team.actor("rep"),
@@ -136,7 +139,7 @@ async def save(client: Client, name: str, ids: list[str]) -> None:
         runs = [w async for w in client.list_workflows(f"WorkflowId = '{target}'")]
         for run_index, run in enumerate(sorted(runs, key=lambda r: r.start_time)):
             history = await client.get_workflow_handle(target, run_id=run.run_id).fetch_history()
-            suffix = f"-{index}" + (f"-run{run_index}" if len(runs) > 1 else "")
+            suffix = (f"-{TAG}" if TAG else "") + f"-{index}" + (f"-run{run_index}" if len(runs) > 1 else "")
             (OUT / f"{name}{suffix}.json").write_text(history.to_json())
         del handle
 

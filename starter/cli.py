@@ -8,11 +8,11 @@ import functools
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import asyncpg
 import typer
@@ -46,7 +46,7 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
-def run(fn: Callable[..., Awaitable[T]]) -> Callable[..., T | None]:
+def run(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T | None]:
     """Run an async command; every failure ends as one clear line and a non-zero exit."""
 
     @functools.wraps(fn)
@@ -149,8 +149,9 @@ async def dev(
         try:
             from api.server import serve_api
         except ImportError:
-            serve_api = None
-        start_api = serve_api
+            pass
+        else:
+            start_api = serve_api
     await run_dev_stack(settings, start_worker=start_worker, start_api=start_api)
 
 
@@ -568,7 +569,7 @@ from starter.cli_api import register as register_api_commands  # noqa: E402
 register_api_commands(app)
 
 
-def main() -> None:
+def main() -> NoReturn:
     """The `oppflow` command. It leaves with os._exit: the Temporal client's background threads
     can abort a normal interpreter shutdown (temporalio/sdk-python#300), turning a finished
     command into SIGABRT."""

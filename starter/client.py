@@ -18,8 +18,8 @@ import asyncpg
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from sales.messages import (
@@ -178,30 +178,29 @@ class OpportunityClient:
         return await self.start(cmd, process, managers)
 
     async def start(self, cmd: CreateOpportunity, process: SalesProcess, managers: list[str]) -> Created:
-        """Start the deal's workflow; a second creator of the same id gets the running one."""
-        wf_id = workflow_id(cmd.opportunity_id)
-        existed = await self._exists(wf_id)
-        stage = process.stage(cmd.stage) if cmd.stage else process.first_stage
-        await self.temporal.start_workflow(
-            "OpportunityWorkflow",
-            OpportunityInput(create=cmd, process=process, owner_managers=managers),
-            id=wf_id,
-            task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            search_attributes=search_attributes.initial(cmd, stage.name, stage.forecast_category),
-            static_summary=f"{cmd.name} — {cmd.account}",
-            static_details=f"Opportunity {cmd.opportunity_id}, process {process.name} v{process.version}",
-        )
-        return Created(cmd.opportunity_id, wf_id, not existed)
+        """Start the deal's workflow; a second creator of the same id gets the existing one.
 
-    async def _exists(self, wf_id: str) -> bool:
+        The server admits one start per workflow id: concurrent creators race to it and the
+        others are told it exists. A deal whose workflow has ended (closed and retired) is
+        never started again under the same id.
+        """
+        wf_id = workflow_id(cmd.opportunity_id)
+        stage = process.stage(cmd.stage) if cmd.stage else process.first_stage
         try:
-            await self.temporal.get_workflow_handle(wf_id).describe()
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return False
-            raise
-        return True
+            await self.temporal.start_workflow(
+                "OpportunityWorkflow",
+                OpportunityInput(create=cmd, process=process, owner_managers=managers),
+                id=wf_id,
+                task_queue=self.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                search_attributes=search_attributes.initial(cmd, stage.name, stage.forecast_category),
+                static_summary=f"{cmd.name} — {cmd.account}",
+                static_details=f"Opportunity {cmd.opportunity_id}, process {process.name} v{process.version}",
+            )
+        except WorkflowAlreadyStartedError:
+            return Created(cmd.opportunity_id, wf_id, False)
+        return Created(cmd.opportunity_id, wf_id, True)
 
     # -- commands ------------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -351,7 +351,7 @@ class RequestContext:
         self.tracing = provider is not None or (settings or ObservabilitySettings()).otel
         self.provider = provider
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

@@ -44,10 +44,10 @@ def parse_org_chart(text: str, source: str) -> list[Person]:
         entries, offset = rows, 2
     else:
         data = yaml.safe_load(text) or {}
-        entries = data.get("users") if isinstance(data, dict) else None
-        if not isinstance(entries, list):
+        users = data.get("users") if isinstance(data, dict) else None
+        if not isinstance(users, list):
             raise OrgChartError(f"{source}: expected a top-level 'users:' list")
-        offset = 1
+        entries, offset = users, 1
     people, problems = [], []
     for index, entry in enumerate(entries):
         try:

@@ -68,18 +68,39 @@ async def ensure_default(pool: asyncpg.Pool) -> Published:
     return await publish(pool, default_process(), "oppflow")
 
 
+# Published versions never change (the checksum is part of the key all the same, so two
+# databases with different definitions under one version number are never confused).
+# Parsing a definition is the costly part of creating a deal; each one is parsed once.
+_parsed: dict[tuple[str, int, str], SalesProcess] = {}
+
+
+async def _load(pool: asyncpg.Pool, row: asyncpg.Record | None) -> SalesProcess | None:
+    if row is None:
+        return None
+    key = (row["name"], row["version"], row["checksum"])
+    if key not in _parsed:
+        definition = await pool.fetchval(
+            "SELECT definition FROM sales_processes WHERE name = $1 AND version = $2",
+            row["name"],
+            row["version"],
+        )
+        _parsed[key] = SalesProcess.model_validate(definition)
+    return _parsed[key]
+
+
 async def latest(pool: asyncpg.Pool, name: str) -> SalesProcess | None:
-    definition = await pool.fetchval(
-        "SELECT definition FROM sales_processes WHERE name = $1 ORDER BY version DESC LIMIT 1", name
+    row = await pool.fetchrow(
+        "SELECT name, version, checksum FROM sales_processes WHERE name = $1 ORDER BY version DESC LIMIT 1",
+        name,
     )
-    return SalesProcess.model_validate(definition) if definition is not None else None
+    return await _load(pool, row)
 
 
 async def get_version(pool: asyncpg.Pool, name: str, version: int) -> SalesProcess | None:
-    definition = await pool.fetchval(
-        "SELECT definition FROM sales_processes WHERE name = $1 AND version = $2", name, version
+    row = await pool.fetchrow(
+        "SELECT name, version, checksum FROM sales_processes WHERE name = $1 AND version = $2", name, version
     )
-    return SalesProcess.model_validate(definition) if definition is not None else None
+    return await _load(pool, row)
 
 
 async def list_versions(pool: asyncpg.Pool) -> list[asyncpg.Record]:

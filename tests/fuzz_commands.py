@@ -133,7 +133,8 @@ def spoiled(draw: st.DrawFn, base: dict[str, Any], objects_only: bool = False) -
         payload.pop(draw(st.sampled_from(sorted(payload))))
     elif how == "nested":
         target = draw(st.sampled_from(["actor", "fields", "data"]))
-        inner = payload.get(target) if isinstance(payload.get(target), dict) else {}
+        found = payload.get(target)
+        inner = found if isinstance(found, dict) else {}
         key = draw(
             st.one_of(
                 st.sampled_from([*inner, "id", "role", "budget", "loss_reason", "amount"]),

@@ -4,15 +4,13 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 from temporalio.common import SearchAttributeIndexedValueType as SAType
 from temporalio.common import SearchAttributeKey
 
 from starter.temporal_setup import SEARCH_ATTRIBUTES
-
-T = TypeVar("T")
 
 _KEY_FACTORIES: dict[SAType, Callable[[str], SearchAttributeKey[Any]]] = {
     SAType.TEXT: SearchAttributeKey.for_text,
@@ -34,8 +32,8 @@ def new_task_queue() -> str:
 
 
 async def assert_eq_eventually(
-    expected: T,
-    fn: Callable[[], Awaitable[T] | T],
+    expected: object,
+    fn: Callable[[], object],
     timeout: float = 10.0,  # noqa: ASYNC109
     interval: float = 0.1,
 ) -> None:

@@ -47,7 +47,7 @@ async def http(app: App) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def auth(app: App, name: str, roles: list[str] | None = None, **headers: str) -> dict[str, str]:
+def auth(app: App, name: str, roles: list[str] | None = None, /, **headers: str) -> dict[str, str]:
     role = {p.id: p.roles for p in app.team.people}.get(app.team.id(name), ["rep"])
     token = mint_token(SECRET, app.team.id(name), roles or role)
     return {"Authorization": f"Bearer {token}", **headers}

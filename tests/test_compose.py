@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import click
 import jsonschema
 import pytest
 import typer.main
@@ -25,6 +24,7 @@ import yaml
 from pydantic_settings import BaseSettings
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.testing import WorkflowEnvironment
+from typer.core import TyperGroup
 
 from starter import codec, observability, settings
 from starter.cli import app
@@ -106,10 +106,10 @@ def test_every_oppflow_container_runs_a_real_command(compose: dict[str, Any]) ->
     }
     for name, service in services.items():
         args = list(service["command"])
-        command: click.Command = cli
-        while isinstance(command, click.Group) and args and args[0] in command.commands:
+        command = cli
+        while isinstance(command, TyperGroup) and args and args[0] in command.commands:
             command = command.commands[args.pop(0)]
-        assert not isinstance(command, click.Group), (
+        assert not isinstance(command, TyperGroup), (
             f"{name}: `oppflow {' '.join(service['command'])}` is a group"
         )
         command.make_context(f"oppflow {name}", args)  # raises on an unknown option or argument

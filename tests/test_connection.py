@@ -86,10 +86,12 @@ def _issue(
         ).add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     else:
         assert issuer is not None
+        issuer_public_key = issuer.public_key()
+        assert isinstance(issuer_public_key, ec.EllipticCurvePublicKey)
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False).add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key()),
-            critical=False,  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key),
+            critical=False,
         )
         if server:
             builder = builder.add_extension(

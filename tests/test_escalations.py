@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
@@ -61,7 +62,7 @@ async def app(
         yield running
 
 
-async def new_deal(app: App, **extra: object) -> tuple[str, WorkflowHandle]:
+async def new_deal(app: App, **extra: Any) -> tuple[str, WorkflowHandle]:
     opp = app.opp_id()
     await app.client.create(
         actor=app.team.actor("rep"),

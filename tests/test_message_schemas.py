@@ -48,7 +48,8 @@ def test_every_message_model_has_a_schema() -> None:
         for _, cls in inspect.getmembers(messages, inspect.isclass)
         if issubclass(cls, BaseModel) and cls.__module__ == messages.__name__
     }
-    embedded = {messages.Actor, messages.Command}  # in every command's schema, never sent alone
+    # in every command's schema, never sent alone
+    embedded: set[type[BaseModel]] = {messages.Actor, messages.Command}
     assert models - embedded == {m.model for m in MESSAGES.values()}
 
 

@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -96,7 +96,7 @@ def deal_machine(portal: BlockingPortal, app: PortalApp) -> type[RuleBasedStateM
 
         @rule(target=deals)
         def another_deal(self) -> str:
-            return self.create()
+            return cast(str, self.create())
 
         @rule(
             opp=deals,

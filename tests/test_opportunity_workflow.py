@@ -7,6 +7,7 @@ import json
 import subprocess
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import pytest
@@ -27,7 +28,7 @@ async def app(temporal_env: WorkflowEnvironment, db_pool: asyncpg.Pool) -> Async
         yield running
 
 
-async def new_deal(app: App, **extra: object) -> str:
+async def new_deal(app: App, **extra: Any) -> str:
     opp = app.opp_id()
     await app.client.create(
         actor=app.team.actor("rep"),

@@ -150,6 +150,7 @@ async def test_pipeline_by_stage_and_category_for_a_team_an_owner_and_per_owner(
 
     whole_org = await reports.pipeline(db_pool, team=seeded.id("vp"))
     assert (whole_org.rows[0]["count"], whole_org.rows[0]["amount"]) == (4, money("23000.00"))
+    assert whole_org.totals is not None
     assert whole_org.totals["weighted_amount"] == money("122300.00")
 
     owner = await reports.pipeline(db_pool, owner_id=seeded.id("repa"))

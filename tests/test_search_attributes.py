@@ -10,7 +10,9 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest_asyncio
@@ -61,7 +63,7 @@ async def test_list_filters_follow_stage_owner_escalation_and_close_date(app: Ap
     process = await client.process_for(None)
     ids = {name: app.opp_id() for name in ("escalated", "moved", "handed_over", "stopped", "other")}
 
-    async def create(name: str, owner: str, stage: str, close_date: str, **extra: object) -> None:
+    async def create(name: str, owner: str, stage: str, close_date: str, **extra: Any) -> None:
         await client.create(
             actor=team.actor("mgr"),
             name=f"{name} deal",
@@ -111,7 +113,7 @@ async def test_list_filters_follow_stage_owner_escalation_and_close_date(app: Ap
     }
     for query, expected in expectations.items():
         await assert_eq_eventually(
-            expected, lambda q=query: workflow_ids(app.temporal, q), timeout=VISIBILITY_TIMEOUT, interval=0.3
+            expected, partial(workflow_ids, app.temporal, query), timeout=VISIBILITY_TIMEOUT, interval=0.3
         )
 
     state = await client.state(ids["escalated"])

@@ -11,22 +11,26 @@ import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import asyncpg
 import pytest
 import pytest_asyncio
-from playwright.async_api import Browser, FrameLocator, Page, async_playwright, expect
+from playwright.async_api import Browser, FrameLocator, Page, ViewportSize, async_playwright, expect
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from starter.client import workflow_id
 from starter.ports import free_port
+from starter.settings import Settings
 from starter.temporal_server import DevServer, DevServerOptions, start_dev_server
 from tests.helpers import assert_eq_eventually
 from tests.sales_team import App, running_app
 from tests.test_search_attributes import entered_at_first_level, workflow_ids
+from tests.webhook_receiver import webhook_receiver
 
 pytestmark = pytest.mark.browser
 
@@ -43,7 +47,7 @@ CHROMIUM_FLAGS = [
 ]
 NEGOTIATION = "Negotiation/Review"
 UI_TIMEOUT_MS = 30_000
-VIEWPORT = {"width": 1400, "height": 1000}
+VIEWPORT: ViewportSize = {"width": 1400, "height": 1000}
 WORKFLOW_ID = re.compile(r"opportunity-[\w-]+")
 
 
@@ -90,53 +94,60 @@ DEALS = {
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def deals(ui_server: DevServer, db_pool: asyncpg.Pool) -> AsyncIterator[Deals]:
     temporal = await Client.connect(ui_server.address, data_converter=pydantic_data_converter)
-    async with running_app(temporal, db_pool) as app:
-        seeded = Deals(app, {name: app.opp_id() for name in DEALS}, str(ui_server.ui_url))
-        team, client = app.team, app.client
-        process = await client.process_for(None)
+    # With an endpoint configured, each escalation starts its webhook delivery workflow.
+    with webhook_receiver() as receiver:
+        settings = Settings(webhook_urls=[f"{receiver.base_url}/hooks"])
+        async with running_app(temporal, db_pool, settings) as app:
+            yield await seed_deals(app, temporal, ui_server)
 
-        async def create(name: str, stage: str, **extra: object) -> None:
-            deal_name, account = DEALS[name]
-            await client.create(
-                actor=team.actor("rep"),
-                name=deal_name,
-                account=account,
-                owner_id=team.id("rep"),
-                opportunity_id=seeded.ids[name],
-                stage=stage,
-                **extra,
-            )
 
-        await create(
-            "escalated",
-            NEGOTIATION,
-            amount="125000",
-            close_date="2026-12-15",
-            stage_entered_at=entered_at_first_level(process, NEGOTIATION, datetime.now(UTC)),
-        )
-        await client.record_activity(
-            seeded.ids["escalated"],
+async def seed_deals(app: App, temporal: Client, ui_server: DevServer) -> Deals:
+    seeded = Deals(app, {name: app.opp_id() for name in DEALS}, str(ui_server.ui_url))
+    team, client = app.team, app.client
+    process = await client.process_for(None)
+
+    async def create(name: str, stage: str, **extra: Any) -> None:
+        deal_name, account = DEALS[name]
+        await client.create(
             actor=team.actor("rep"),
-            kind="call",
-            subject="pricing call with procurement",
+            name=deal_name,
+            account=account,
+            owner_id=team.id("rep"),
+            opportunity_id=seeded.ids[name],
+            stage=stage,
+            **extra,
         )
-        await create("moved", "Proposal/Price Quote", amount="40000", fields={"decision_maker": "CFO"})
-        await client.change_stage(seeded.ids["moved"], actor=team.actor("rep"), stage=NEGOTIATION)
-        await create("qualifying", "Qualification")
-        await create("validating", "Perception Analysis")
 
-        everyone = f'OpportunityOwner = "{team.id("rep")}"'
+    await create(
+        "escalated",
+        NEGOTIATION,
+        amount="125000",
+        close_date="2026-12-15",
+        stage_entered_at=entered_at_first_level(process, NEGOTIATION, datetime.now(UTC)),
+    )
+    await client.record_activity(
+        seeded.ids["escalated"],
+        actor=team.actor("rep"),
+        kind="call",
+        subject="pricing call with procurement",
+    )
+    await create("moved", "Proposal/Price Quote", amount="40000", fields={"decision_maker": "CFO"})
+    await client.change_stage(seeded.ids["moved"], actor=team.actor("rep"), stage=NEGOTIATION)
+    await create("qualifying", "Qualification")
+    await create("validating", "Perception Analysis")
+
+    everyone = f'OpportunityOwner = "{team.id("rep")}"'
+    await assert_eq_eventually(
+        {seeded.wf(n) for n in DEALS},
+        lambda: workflow_ids(temporal, everyone),
+        timeout=20,
+        interval=0.3,
+    )
+    for name, line in [("escalated", "Last activity:"), ("moved", "Stage:** Negotiation/Review")]:
         await assert_eq_eventually(
-            {seeded.wf(n) for n in DEALS},
-            lambda: workflow_ids(temporal, everyone),
-            timeout=20,
-            interval=0.3,
+            True, partial(card_shows, temporal, seeded.wf(name), line), timeout=20, interval=0.3
         )
-        for name, line in [("escalated", "Last activity:"), ("moved", "Stage:** Negotiation/Review")]:
-            await assert_eq_eventually(
-                True, lambda n=name, t=line: card_shows(temporal, seeded.wf(n), t), timeout=20, interval=0.3
-            )
-        yield seeded
+    return seeded
 
 
 async def card_shows(temporal: Client, wf_id: str, text: str) -> bool:
@@ -238,12 +249,13 @@ async def test_a_deals_page_reads_like_a_deal_card(page: Page, deals: Deals) -> 
     await page.set_viewport_size({"width": 1900, "height": 1200})
     await open_deal(page, deals, "escalated", "history")
     await page.get_by_role("button", name="Compact").click()
-    for label in [
+    labels: list[str | re.Pattern[str]] = [
         re.compile(r"^save \d+ change\(s\): create"),  # the activity may share the batch
         "remind the owner (Negotiation/Review, level 1)",
         "webhook opportunity.escalated: Acme rollout",
         "stage clock: Negotiation/Review — level 2, escalate to manager",
-    ]:
+    ]
+    for label in labels:
         await expect(page.get_by_text(label, exact=True).first).to_be_visible()
     await page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     await page.screenshot(path=str(ARTIFACTS / "history-escalated.png"))

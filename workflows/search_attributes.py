@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, time
+from typing import Any
 
-from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    SearchAttributeUpdate,
+    TypedSearchAttributes,
+)
 
 from sales.messages import CreateOpportunity
 from sales.state import OpportunityState
@@ -17,7 +23,15 @@ STAGE_ENTERED_AT = SearchAttributeKey.for_datetime("StageEnteredAt")
 ESCALATION_LEVEL = SearchAttributeKey.for_int("EscalationLevel")
 FORECAST_CATEGORY = SearchAttributeKey.for_keyword("ForecastCategory")
 
-ALL_KEYS = [STAGE, OWNER, AMOUNT, CLOSE_DATE, STAGE_ENTERED_AT, ESCALATION_LEVEL, FORECAST_CATEGORY]
+ALL_KEYS: list[SearchAttributeKey[Any]] = [
+    STAGE,
+    OWNER,
+    AMOUNT,
+    CLOSE_DATE,
+    STAGE_ENTERED_AT,
+    ESCALATION_LEVEL,
+    FORECAST_CATEGORY,
+]
 
 
 def pairs_for(state: OpportunityState) -> list[SearchAttributePair]:
@@ -51,11 +65,18 @@ def initial(cmd: CreateOpportunity, stage: str, forecast_category: str) -> Typed
     return TypedSearchAttributes(pairs)
 
 
-def updates_for(state: OpportunityState) -> list:
+def updates_for(state: OpportunityState) -> list[SearchAttributeUpdate[Any]]:
     """Search attribute updates for an upsert; unset keys whose value is gone."""
     present = {pair.key.name: pair for pair in pairs_for(state)}
-    updates = []
+    updates: list[SearchAttributeUpdate[Any]] = []
     for key in ALL_KEYS:
         pair = present.get(key.name)
-        updates.append(key.value_set(pair.value) if pair else key.value_unset())  # type: ignore[attr-defined]
+        updates.append(key.value_set(pair.value) if pair else key.value_unset())
     return updates
+
+
+def changed(
+    updates: list[SearchAttributeUpdate[Any]], current: TypedSearchAttributes
+) -> list[SearchAttributeUpdate[Any]]:
+    """Only the updates that change what the workflow's search attributes already hold."""
+    return [u for u in updates if current.get(u.key) != u.value]

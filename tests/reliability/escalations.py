@@ -1,16 +1,18 @@
 """Counting escalations two ways: rows in Postgres, and ``record_escalation`` activities
-scheduled in the workflow histories (a level fired twice would schedule it twice, even
+(regular or local) recorded in the workflow histories (a level fired twice would schedule it twice, even
 though the unique key keeps the second row out)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import Counter
 from datetime import datetime
 
 import asyncpg
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client
 
 from starter.client import workflow_id
@@ -34,12 +36,20 @@ async def escalations_fired(client: Client, deals: list[str]) -> Counter[str]:
     for opp in deals:
         async for run in client.list_workflows(f"WorkflowId = '{workflow_id(opp)}'"):
             history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
-            for event in history.events:
-                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and (
-                    event.activity_task_scheduled_event_attributes.activity_type.name == "record_escalation"
-                ):
-                    fired[opp] += 1
+            fired[opp] += sum(activity_type(event) == "record_escalation" for event in history.events)
     return fired
+
+
+def activity_type(event: HistoryEvent) -> str | None:
+    """The activity an event schedules: a regular activity, or a local one (its marker)."""
+    if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        return event.activity_task_scheduled_event_attributes.activity_type.name
+    if event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+        marker = event.marker_recorded_event_attributes
+        if marker.marker_name == "core_local_activity" and "data" in marker.details:
+            data = json.loads(marker.details["data"].payloads[0].data)
+            return str(data.get("activity_type"))
+    return None
 
 
 async def open_opportunities(client: Client, task_queue: str, expect: int | None = None) -> int:

