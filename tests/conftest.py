@@ -18,6 +18,28 @@ from db.pool import create_pool
 from starter.postgres import start_embedded_postgres
 from starter.temporal_server import temporal_binary
 from tests.helpers import contract_search_attribute_keys
+from tests.reliability.ledger import REPORT_FILE_ENV
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The fault tests append their figures here; parallel test processes inherit the path.
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        handle, path = tempfile.mkstemp(prefix="oppflow-reliability-", suffix=".jsonl")
+        os.close(handle)
+        os.environ[REPORT_FILE_ENV] = path
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    path = os.environ.get(REPORT_FILE_ENV)
+    if "PYTEST_XDIST_WORKER" in os.environ or not path or not os.path.exists(path):
+        return
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    os.unlink(path)
+    if lines:
+        terminalreporter.section("reliability figures")
+        for line in lines:
+            terminalreporter.write_line(line)
+
 
 # Makes workflows suggest continue-as-new after 60 events, so tests exercise it.
 DEV_SERVER_EXTRA_ARGS = ["--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=60"]

@@ -297,6 +297,22 @@ async def test_a_failing_endpoint_never_blocks_the_deal_or_other_endpoints(
         assert ok_ids == [webhook_id] and failed_ids == {webhook_id}
 
 
+async def test_without_an_endpoint_the_escalation_is_recorded_and_nothing_is_sent(
+    skipping_env: WorkflowEnvironment, db_pool: asyncpg.Pool
+) -> None:
+    async with running_app(skipping_env.client, db_pool, Settings()) as app:
+        opp, handle = await new_deal(app, stage_entered_at=datetime.now(UTC) - timedelta(days=15))
+        await assert_eq_eventually([(1, app.team.id("rep"), "open")], lambda: ladder(app, opp))
+        history = await handle.fetch_history()
+        assert not [
+            e
+            for e in history.events
+            if e.HasField("start_child_workflow_execution_initiated_event_attributes")
+        ]
+        state = await app.client.state(opp)
+        assert state["escalation_level"] == 1
+
+
 async def test_a_retried_escalation_write_records_one_row_with_one_webhook_id(app: App) -> None:
     opp, _ = await new_deal(app)
     now = datetime.now(UTC)

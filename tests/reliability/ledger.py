@@ -52,6 +52,9 @@ async def sleep_until(moment: datetime) -> None:
     await asyncio.sleep(max(0.0, (moment - datetime.now(UTC)).total_seconds()))
 
 
+REPORT_FILE_ENV = "OPPFLOW_RELIABILITY_REPORT"
+
+
 def seeded(test: str) -> random.Random:
     """The test's random source; the seed is printed so a failing run can be repeated."""
     seed = int(os.environ.get("OPPFLOW_SEED") or time.time_ns() % 1_000_000_007)
@@ -60,8 +63,13 @@ def seeded(test: str) -> random.Random:
 
 
 def report(test: str, **figures: Any) -> None:
-    """One parseable line per test: ``RELIABILITY {json}``."""
-    print("RELIABILITY " + json.dumps({"test": test, **figures}, default=str, sort_keys=True), flush=True)
+    """One parseable line per test: ``RELIABILITY {json}``, printed and added to the file the
+    test session shows in its summary (so a CI log carries the figures of every fault test)."""
+    line = "RELIABILITY " + json.dumps({"test": test, **figures}, default=str, sort_keys=True)
+    print(line, flush=True)
+    if path := os.environ.get(REPORT_FILE_ENV):
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
 
 
 @dataclass
