@@ -58,6 +58,7 @@ def build_worker(
         workflows=list(WORKFLOWS),
         activities=[
             store.persist,
+            store.persist_escalation,
             store.record_escalation,
             store.org_chain,
             notifier.deliver,

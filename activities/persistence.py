@@ -15,6 +15,7 @@ import asyncpg
 from temporalio import activity
 
 from sales.records import (
+    EscalatedBatch,
     EscalationRecorded,
     OrgChain,
     OrgChainRequest,
@@ -142,160 +143,178 @@ class OpportunityStore:
 
     @activity.defn(name="persist_opportunity")
     async def persist(self, batch: PersistBatch) -> int:
-        row = batch.opportunity
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
-            await conn.execute(
-                UPSERT_OPPORTUNITY,
-                row.id,
-                row.name,
-                row.account,
-                row.owner_id,
-                row.stage,
-                row.amount,
-                row.close_date,
-                row.probability,
-                row.forecast_category,
-                row.is_closed,
-                row.is_won,
-                row.stage_entered_at,
-                row.stage_entry_seq,
-                row.escalation_level,
-                row.clock_paused,
-                row.next_escalation_at,
-                row.process_name,
-                row.process_version,
-                row.fields,
-                row.team,
-                row.last_activity_at,
-                row.created_at,
-                row.updated_at,
-                row.state_version,
-            )
-            stage_rows, field_rows, event_rows, activity_rows = [], [], [], []
-            for change in batch.changes:
-                key = (row.id, change.request_id)
-                event_rows.append((*key, change.kind, change.actor_id, change.detail, change.at))
-                if (sc := change.stage_change) is not None:
-                    stage_rows.append(
-                        (
-                            *key,
-                            sc.from_stage,
-                            sc.to_stage,
-                            change.actor_id,
-                            sc.reason,
-                            change.at,
-                            sc.stage_entry_seq,
-                            sc.amount,
-                            sc.probability,
-                            sc.forecast_category,
-                            sc.close_date,
-                        )
-                    )
-                for fc in change.field_changes:
-                    field_rows.append(
-                        (*key, fc.field, fc.old_value, fc.new_value, change.actor_id, change.at)
-                    )
-                if (act := change.activity) is not None:
-                    activity_rows.append(
-                        (
-                            *key,
-                            act.kind,
-                            act.subject,
-                            act.outcome,
-                            act.occurred_at,
-                            change.actor_id,
-                            act.data,
-                            change.at,
-                        )
-                    )
-                if (es := change.escalation_status) is not None:
-                    await conn.execute(
-                        UPDATE_ESCALATIONS,
-                        row.id,
-                        es.stage_entry_seq,
-                        ESCALATION_STATUSES_REPLACED.get(es.status, ["open"]),
-                        es.status,
-                        es.note,
-                        change.at,
-                    )
-            for sql, rows in (
-                (INSERT_EVENT, event_rows),
-                (INSERT_STAGE_HISTORY, stage_rows),
-                (INSERT_FIELD_HISTORY, field_rows),
-                (INSERT_ACTIVITY, activity_rows),
-            ):
-                if rows:
-                    await conn.executemany(sql, rows)
-            if batch.handoffs:
-                await conn.executemany(
-                    UPSERT_HANDOFF,
-                    [
-                        (
-                            h.handoff_id,
-                            row.id,
-                            h.kind,
-                            h.title,
-                            h.team_role,
-                            h.assignee_id,
-                            h.stage,
-                            h.status,
-                            h.opened_at,
-                            h.due_at,
-                            h.finished_at,
-                            h.note,
-                        )
-                        for h in batch.handoffs
-                    ],
-                )
+            await self._write_batch(conn, batch)
         metrics.observe_batch(batch)
         _maybe_crash_after_commit()
         return len(batch.changes)
 
+    @activity.defn(name="persist_escalation")
+    async def persist_escalation(self, escalated: EscalatedBatch) -> EscalationRecorded:
+        """The deal's queued rows and the escalation row in one transaction (one local
+        activity per fired level)."""
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
+            await self._write_batch(conn, escalated.batch)
+            recorded = await self._write_escalation(conn, escalated.escalation)
+        metrics.observe_batch(escalated.batch)
+        if recorded.newly_recorded:
+            metrics.observe_escalation(escalated.escalation)
+        _maybe_crash_after_commit()
+        return recorded
+
+    async def _write_batch(self, conn: asyncpg.Connection, batch: PersistBatch) -> None:
+        row = batch.opportunity
+        await conn.execute(
+            UPSERT_OPPORTUNITY,
+            row.id,
+            row.name,
+            row.account,
+            row.owner_id,
+            row.stage,
+            row.amount,
+            row.close_date,
+            row.probability,
+            row.forecast_category,
+            row.is_closed,
+            row.is_won,
+            row.stage_entered_at,
+            row.stage_entry_seq,
+            row.escalation_level,
+            row.clock_paused,
+            row.next_escalation_at,
+            row.process_name,
+            row.process_version,
+            row.fields,
+            row.team,
+            row.last_activity_at,
+            row.created_at,
+            row.updated_at,
+            row.state_version,
+        )
+        stage_rows, field_rows, event_rows, activity_rows = [], [], [], []
+        for change in batch.changes:
+            key = (row.id, change.request_id)
+            event_rows.append((*key, change.kind, change.actor_id, change.detail, change.at))
+            if (sc := change.stage_change) is not None:
+                stage_rows.append(
+                    (
+                        *key,
+                        sc.from_stage,
+                        sc.to_stage,
+                        change.actor_id,
+                        sc.reason,
+                        change.at,
+                        sc.stage_entry_seq,
+                        sc.amount,
+                        sc.probability,
+                        sc.forecast_category,
+                        sc.close_date,
+                    )
+                )
+            for fc in change.field_changes:
+                field_rows.append((*key, fc.field, fc.old_value, fc.new_value, change.actor_id, change.at))
+            if (act := change.activity) is not None:
+                activity_rows.append(
+                    (
+                        *key,
+                        act.kind,
+                        act.subject,
+                        act.outcome,
+                        act.occurred_at,
+                        change.actor_id,
+                        act.data,
+                        change.at,
+                    )
+                )
+            if (es := change.escalation_status) is not None:
+                await conn.execute(
+                    UPDATE_ESCALATIONS,
+                    row.id,
+                    es.stage_entry_seq,
+                    ESCALATION_STATUSES_REPLACED.get(es.status, ["open"]),
+                    es.status,
+                    es.note,
+                    change.at,
+                )
+        for sql, rows in (
+            (INSERT_EVENT, event_rows),
+            (INSERT_STAGE_HISTORY, stage_rows),
+            (INSERT_FIELD_HISTORY, field_rows),
+            (INSERT_ACTIVITY, activity_rows),
+        ):
+            if rows:
+                await conn.executemany(sql, rows)
+        if batch.handoffs:
+            await conn.executemany(
+                UPSERT_HANDOFF,
+                [
+                    (
+                        h.handoff_id,
+                        row.id,
+                        h.kind,
+                        h.title,
+                        h.team_role,
+                        h.assignee_id,
+                        h.stage,
+                        h.status,
+                        h.opened_at,
+                        h.due_at,
+                        h.finished_at,
+                        h.note,
+                    )
+                    for h in batch.handoffs
+                ],
+            )
+
     @activity.defn(name="record_escalation")
     async def record_escalation(self, esc: RecordEscalation) -> EscalationRecorded:
-        webhook_id = webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, esc.level)
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
-            recipient = await self._recipient(conn, esc.notify, esc.owner_id, esc.assignee_id)
-            for level in esc.superseded:
-                await conn.execute(
-                    INSERT_ESCALATION,
-                    esc.opportunity_id,
-                    esc.subject,
-                    esc.stage,
-                    esc.stage_entry_seq,
-                    level,
-                    "superseded",
-                    None,
-                    esc.due_at,
-                    esc.fired_at,
-                    "superseded",
-                    webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, level),
-                )
-            inserted = await conn.fetchval(
+            recorded = await self._write_escalation(conn, esc)
+        if recorded.newly_recorded:
+            metrics.observe_escalation(esc)
+        return recorded
+
+    async def _write_escalation(self, conn: asyncpg.Connection, esc: RecordEscalation) -> EscalationRecorded:
+        webhook_id = webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, esc.level)
+        recipient = await self._recipient(conn, esc.notify, esc.owner_id, esc.assignee_id)
+        for level in esc.superseded:
+            await conn.execute(
                 INSERT_ESCALATION,
                 esc.opportunity_id,
                 esc.subject,
                 esc.stage,
                 esc.stage_entry_seq,
-                esc.level,
-                esc.notify,
-                recipient,
+                level,
+                "superseded",
+                None,
                 esc.due_at,
                 esc.fired_at,
-                "open",
-                webhook_id,
+                "superseded",
+                webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, level),
             )
-            if inserted is None:  # a retry: answer what the first attempt recorded
-                recipient = await conn.fetchval(
-                    "SELECT recipient_id FROM escalations WHERE opportunity_id = $1 AND subject = $2 "
-                    "AND stage_entry_seq = $3 AND level = $4",
-                    esc.opportunity_id,
-                    esc.subject,
-                    esc.stage_entry_seq,
-                    esc.level,
-                )
-        if inserted is not None:
-            metrics.observe_escalation(esc)
+        inserted = await conn.fetchval(
+            INSERT_ESCALATION,
+            esc.opportunity_id,
+            esc.subject,
+            esc.stage,
+            esc.stage_entry_seq,
+            esc.level,
+            esc.notify,
+            recipient,
+            esc.due_at,
+            esc.fired_at,
+            "open",
+            webhook_id,
+        )
+        if inserted is None:  # a retry: answer what the first attempt recorded
+            recipient = await conn.fetchval(
+                "SELECT recipient_id FROM escalations WHERE opportunity_id = $1 AND subject = $2 "
+                "AND stage_entry_seq = $3 AND level = $4",
+                esc.opportunity_id,
+                esc.subject,
+                esc.stage_entry_seq,
+                esc.level,
+            )
         links: dict[str, str] = {}
         if self.public_url and self.link_secret and recipient and esc.subject == "stage":
             # fired_at, not now: a retried activity answers the same links.

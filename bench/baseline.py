@@ -22,6 +22,9 @@ with workflow.unsafe.imports_passed_through():
     # Re-imported inside the workflow sandbox, asyncpg's C state breaks (segfault).
     import asyncpg
 
+    from starter.settings import Settings
+    from worker import SANDBOX
+
 BARE_WORKFLOW = "BareDeal"
 
 CREATE_TABLES = """
@@ -127,10 +130,14 @@ class BareDeal:
 
 
 def build_baseline_worker(client: Client, pool: asyncpg.Pool, task_queue: str, **options: Any) -> Worker:
-    """Same concurrency limits as the oppflow worker (``worker.build_worker``)."""
+    """Same limits and sandbox as the oppflow worker (``worker.build_worker``)."""
     store = BareStore(pool)
-    options.setdefault("max_concurrent_activities", 20)
-    options.setdefault("max_concurrent_local_activities", 20)
+    defaults = Settings()
+    options.setdefault("max_concurrent_activities", defaults.db_pool_max * 2)
+    options.setdefault("max_concurrent_local_activities", defaults.db_pool_max * 2)
+    options.setdefault("max_concurrent_workflow_tasks", defaults.max_concurrent_workflow_tasks)
+    options.setdefault("max_cached_workflows", defaults.max_cached_workflows)
+    options.setdefault("workflow_runner", SANDBOX)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     return Worker(
         client,

@@ -76,7 +76,7 @@ class Stack:
         kind: str,
         task_queue: str,
         *,
-        max_cached: int = 1000,
+        max_cached: int = 0,
         experiment: str | None = None,
         metrics_port: int = 0,
     ) -> WorkerProcess:

@@ -28,7 +28,7 @@ class WorkerSpec:
     address: str
     database_url: str
     task_queue: str
-    max_cached_workflows: int = 1000
+    max_cached_workflows: int = 0  # 0: the production default (Settings)
     experiment: str | None = None
     metrics_port: int = 0
 
@@ -113,7 +113,7 @@ async def _serve(args: argparse.Namespace) -> None:
     client = await Client.connect(args.address, data_converter=pydantic_data_converter)
     settings = Settings(task_queue=args.task_queue, database_url=args.database_url)
     pool = await create_pool(args.database_url, settings.db_pool_min, settings.db_pool_max)
-    options = {"max_cached_workflows": args.max_cached}
+    options = {"max_cached_workflows": args.max_cached} if args.max_cached else {}
     if args.kind == "oppflow":
         from bench.experiments import oppflow_worker
 

@@ -145,6 +145,13 @@ class RecordEscalation(BaseModel):
     extra_webhooks: list[str] = Field(default_factory=list)
 
 
+class EscalatedBatch(BaseModel):
+    """A fired escalation level: the deal's queued rows and the escalation row, written together."""
+
+    batch: PersistBatch
+    escalation: RecordEscalation
+
+
 class EscalationRecorded(BaseModel):
     recipient_id: str | None
     webhook_id: str

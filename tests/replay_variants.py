@@ -12,6 +12,7 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from sales.records import EscalationRecorded, RecordEscalation
     from sales.state import OpportunityInput
     from workflows import deal_card, search_attributes
     from workflows.opportunity import OpportunityWorkflow
@@ -23,9 +24,11 @@ class ReorderedOpportunityWorkflow(OpportunityWorkflow):
     async def run(self, input: OpportunityInput) -> dict[str, Any]:
         return await super().run(input)
 
-    async def _flush(self) -> None:
+    async def _flush(
+        self, escalation: tuple[RecordEscalation, str] | None = None
+    ) -> EscalationRecorded | None:
         workflow.upsert_search_attributes(search_attributes.updates_for(self.state))
-        await super()._flush()
+        return await super()._flush(escalation)
 
 
 @workflow.defn(name="OpportunityWorkflow")
@@ -34,8 +37,10 @@ class PatchedOpportunityWorkflow(OpportunityWorkflow):
     async def run(self, input: OpportunityInput) -> dict[str, Any]:
         return await super().run(input)
 
-    async def _flush(self) -> None:
+    async def _flush(
+        self, escalation: tuple[RecordEscalation, str] | None = None
+    ) -> EscalationRecorded | None:
         if workflow.patched("search-attributes-before-save") and self._outbox:
             workflow.upsert_search_attributes(search_attributes.updates_for(self.state))
             workflow.set_current_details(deal_card.render(self.state, workflow.now()))
-        await super()._flush()
+        return await super()._flush(escalation)

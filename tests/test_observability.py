@@ -159,7 +159,7 @@ async def test_a_worker_serves_sdk_and_sales_metrics_and_logs_json_lines(
     assert "persist_opportunity done" in qualified["message"]
     assert (qualified["opportunity_id"], qualified["workflow_id"]) == (moved, workflow_id(moved))
     assert any(
-        r["opportunity_id"] == stuck.opportunity_id and "record_escalation done" in r["message"]
+        r["opportunity_id"] == stuck.opportunity_id and "persist_escalation done" in r["message"]
         for r in records
     )
 

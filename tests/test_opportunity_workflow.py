@@ -14,12 +14,15 @@ import pytest
 import pytest_asyncio
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from starter.client import CommandRejected, workflow_id
 from starter.temporal_server import temporal_binary
 from tests.helpers import assert_eq_eventually
 from tests.sales_team import App, running_app
+from worker import SANDBOX, WORKFLOWS
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -323,3 +326,31 @@ async def test_state_survives_continue_as_new_with_its_request_ids(app: App) -> 
             "SELECT count(*) FROM field_history WHERE opportunity_id = $1 AND field = 'pain_points'", opp
         ),
     )
+
+
+async def test_deals_created_and_read_at_once_replay_from_their_histories(app: App) -> None:
+    """Reads that arrive while a deal's first task runs can split it in two workflow tasks;
+    a worker that later rebuilds the deal from its history must reach the same commands."""
+    deals = [app.opp_id() for _ in range(60)]
+
+    async def create_and_read(opp: str) -> None:
+        await app.client.create(
+            actor=app.team.actor("rep"),
+            name="Acme",
+            account="Acme",
+            owner_id=app.team.id("rep"),
+            opportunity_id=opp,
+        )
+        await app.client.state(opp)
+
+    await asyncio.gather(*(create_and_read(opp) for opp in deals))
+    replayer = Replayer(
+        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=SANDBOX
+    )
+    failures = []
+    for opp in deals:
+        history = await app.temporal.get_workflow_handle(workflow_id(opp)).fetch_history()
+        replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        if replayed.replay_failure is not None:
+            failures.append(f"{opp}: {replayed.replay_failure}")
+    assert failures == []

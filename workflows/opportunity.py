@@ -45,6 +45,8 @@ with workflow.unsafe.imports_passed_through():
     from sales.records import (
         ActivityRow,
         Change,
+        EscalatedBatch,
+        EscalationRecorded,
         EscalationStatusChange,
         FieldChangeRow,
         Notification,
@@ -112,6 +114,11 @@ class OpportunityWorkflow:
         self._automation_chain: tuple[int, frozenset[str]] | None = None
         self._handoffs_to_cancel: list[Handoff] = []
         self._lock = asyncio.Lock()
+        # Every patch is decided here, before the first command. Decided later (after a
+        # local activity), the marker can land in another workflow task than the one
+        # replay decides it in, and replay fails.
+        self._escalation_row_in_worker = workflow.patched(ESCALATION_ROW_IN_WORKER)
+        self._only_changed_search_attributes = workflow.patched(ONLY_CHANGED_SEARCH_ATTRIBUTES)
         if self._is_new and input.create is not None:
             # Recorded here, not in run(): updates may be handled before run() starts.
             self._record_creation(input.create)
@@ -256,17 +263,19 @@ class OpportunityWorkflow:
             "automation",
             detail={"level": chosen.level, "notify": chosen.step.notify.value},
         )
-        await self._flush()
         summary = f"{escalation_ladder.recipient_label(chosen.step)} ({s.stage}, level {chosen.level})"
-        if workflow.patched(ESCALATION_ROW_IN_WORKER):
-            # One row write inside the workflow task, like every other row: a storm of due
-            # deals costs one task each instead of a task queue round trip.
-            recorded = await workflow.execute_local_activity_method(
-                OpportunityStore.record_escalation, record, summary=summary, **DB_WRITE
-            )
+        recorded: EscalationRecorded
+        if self._escalation_row_in_worker:
+            # The deal's rows and the escalation row in one local activity, inside the
+            # workflow task: a storm of due deals costs one task and one transaction each.
+            written = await self._flush(escalation=(record, summary))
+            if written is None:
+                raise ApplicationError("the escalation row was not written")  # unreachable
+            recorded = written
             if not recorded.deliver:
                 return  # no endpoint would receive the webhook: no delivery workflow
         else:
+            await self._flush()
             recorded = await workflow.execute_activity_method(
                 OpportunityStore.record_escalation,
                 record,
@@ -337,8 +346,11 @@ class OpportunityWorkflow:
         )
         self._woken = True
 
-    async def _flush(self) -> None:
-        """Write queued rows in order, then show the new state to ops."""
+    async def _flush(
+        self, escalation: tuple[RecordEscalation, str] | None = None
+    ) -> EscalationRecorded | None:
+        """Write queued rows in order (with a fired escalation's row, when given), then show
+        the new state to ops."""
         while self._handoffs_to_start:
             await self._start_handoff(self._handoffs_to_start.pop(0))
         while self._handoffs_to_notify:
@@ -355,7 +367,8 @@ class OpportunityWorkflow:
             activity, depth, fired = self._pending_activities.pop(0)
             self._apply_automations(activity, depth, fired)
         if not self._outbox:
-            return
+            return None
+        recorded = None
         async with self._lock:
             batch, self._outbox = self._outbox, []
             self.state.saved_version += 1
@@ -363,18 +376,29 @@ class OpportunityWorkflow:
             # changes; the history length (under Temporal's 51,200-event cap) breaks the tie.
             version = self.state.saved_version * 1_000_000 + workflow.info().get_current_history_length()
             row = OpportunityRow.of(self.state, version)
-            await workflow.execute_local_activity_method(
-                OpportunityStore.persist,
-                PersistBatch(opportunity=row, changes=batch, handoffs=list(self.state.handoffs)),
-                summary=f"save {len(batch)} change(s): {', '.join(c.kind for c in batch)}"[:200],
-                **DB_WRITE,  # type: ignore[arg-type]
-            )
+            rows = PersistBatch(opportunity=row, changes=batch, handoffs=list(self.state.handoffs))
+            if escalation is not None:
+                record, summary = escalation
+                recorded = await workflow.execute_local_activity_method(
+                    OpportunityStore.persist_escalation,
+                    EscalatedBatch(batch=rows, escalation=record),
+                    summary=summary,
+                    **DB_WRITE,
+                )
+            else:
+                await workflow.execute_local_activity_method(
+                    OpportunityStore.persist,
+                    rows,
+                    summary=f"save {len(batch)} change(s): {', '.join(c.kind for c in batch)}"[:200],
+                    **DB_WRITE,  # type: ignore[arg-type]
+                )
         updates = search_attributes.updates_for(self.state)
-        if workflow.patched(ONLY_CHANGED_SEARCH_ATTRIBUTES):
+        if self._only_changed_search_attributes:
             updates = search_attributes.changed(updates, workflow.info().typed_search_attributes)
         if updates:
             workflow.upsert_search_attributes(updates)
         workflow.set_current_details(deal_card.render(self.state, workflow.now()))
+        return recorded
 
     def _record_creation(self, create: CreateOpportunity) -> None:
         s = self.state

@@ -1,4 +1,4 @@
-"""Counting escalations two ways: rows in Postgres, and ``record_escalation`` activities
+"""Counting escalations two ways: rows in Postgres, and the activities that write them
 (regular or local) recorded in the workflow histories (a level fired twice would schedule it twice, even
 though the unique key keeps the second row out)."""
 
@@ -30,13 +30,17 @@ async def all_escalated(pool: asyncpg.Pool, deals: list[str]) -> bool:
     return len(await escalation_rows(pool, deals)) >= len(deals)
 
 
+# A fired level writes its row with one of these (older histories: record_escalation).
+ESCALATION_WRITES = {"record_escalation", "persist_escalation"}
+
+
 async def escalations_fired(client: Client, deals: list[str]) -> Counter[str]:
-    """Per deal, how many times the workflow scheduled ``record_escalation`` (all runs)."""
+    """Per deal, how many times the workflow wrote an escalation row (all runs)."""
     fired: Counter[str] = Counter()
     for opp in deals:
         async for run in client.list_workflows(f"WorkflowId = '{workflow_id(opp)}'"):
             history = await client.get_workflow_handle(run.id, run_id=run.run_id).fetch_history()
-            fired[opp] += sum(activity_type(event) == "record_escalation" for event in history.events)
+            fired[opp] += sum(activity_type(event) in ESCALATION_WRITES for event in history.events)
     return fired
 
 
