@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from starter.settings import Settings
@@ -31,7 +31,14 @@ def _domain_passthrough_only(config: dict[str, Any]) -> None:
     config["workflow_runner"] = SandboxedWorkflowRunner(restrictions=restrictions)
 
 
+def _unsandboxed(config: dict[str, Any]) -> None:
+    # No sandbox at all: nothing guards workflow code against non-deterministic calls
+    # except the replay tests.
+    config["workflow_runner"] = UnsandboxedWorkflowRunner()
+
+
 EXPERIMENTS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "unsandboxed": _unsandboxed,
     "sdk-task-slots": _sdk_task_slots,
     "domain-passthrough-only": _domain_passthrough_only,
     # Applied by WorkerProcess to the worker's environment (see worker_process.py).

@@ -181,6 +181,7 @@ async def test_connect_applies_the_codec_when_keys_are_set(
         (f"k1:{KEY_1},k1:{KEY_2}", "'k1' appears twice"),
         (" , ", "holds no key"),
     ],
+    ids=["no-colon", "not-base64", "too-short", "same-id-twice", "empty"],  # the keys are random
 )
 def test_bad_keys_are_refused_naming_the_variable_and_the_key(spec: str, message: str) -> None:
     with pytest.raises(EncryptionKeyError, match="OPPFLOW_ENCRYPTION_KEYS") as refused:
