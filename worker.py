@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import rejection_log
@@ -49,7 +49,9 @@ def build_worker(
     options.setdefault("max_concurrent_local_activities", settings.db_pool_max * 2)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     options.setdefault("interceptors", observability.worker_interceptors())
-    options.setdefault("workflow_runner", SANDBOX)
+    options.setdefault(
+        "workflow_runner", SANDBOX if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+    )
     options.setdefault("max_cached_workflows", settings.max_cached_workflows)
     options.setdefault("max_concurrent_workflow_tasks", settings.max_concurrent_workflow_tasks)
     return Worker(

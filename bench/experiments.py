@@ -31,14 +31,9 @@ def _domain_passthrough_only(config: dict[str, Any]) -> None:
     config["workflow_runner"] = SandboxedWorkflowRunner(restrictions=restrictions)
 
 
-def _unsandboxed(config: dict[str, Any]) -> None:
-    # No sandbox at all: nothing guards workflow code against non-deterministic calls
-    # except the replay tests.
-    config["workflow_runner"] = UnsandboxedWorkflowRunner()
-
-
 EXPERIMENTS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "unsandboxed": _unsandboxed,
+    # OPPFLOW_WORKFLOW_SANDBOX=false: nothing guards workflow code but the replay tests.
+    "unsandboxed": lambda config: config.update(workflow_runner=UnsandboxedWorkflowRunner()),
     "sdk-task-slots": _sdk_task_slots,
     "domain-passthrough-only": _domain_passthrough_only,
     # Applied by WorkerProcess to the worker's environment (see worker_process.py).

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     max_cached_workflows: int = Field(default=5000, ge=0)
     # Workflow tasks a worker runs at once; more only queue up inside the worker and time out.
     max_concurrent_workflow_tasks: int = Field(default=50, ge=2)
+    # The SDK's workflow sandbox guards workflow code against non-deterministic calls. Off,
+    # a worker handles about 40% more stage changes (docs/performance.md); the replay
+    # tests are then the only guard.
+    workflow_sandbox: bool = True
     metrics_port: int | None = None
     public_url: str | None = None  # where people reach the API; used in action links
     api_host: str = "127.0.0.1"

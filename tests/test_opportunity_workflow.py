@@ -16,13 +16,14 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from starter.client import CommandRejected, workflow_id
+from starter.settings import Settings
 from starter.temporal_server import temporal_binary
 from tests.helpers import assert_eq_eventually
 from tests.sales_team import App, running_app
-from worker import SANDBOX, WORKFLOWS
+from worker import SANDBOX, WORKFLOWS, build_worker
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -354,3 +355,24 @@ async def test_deals_created_and_read_at_once_replay_from_their_histories(app: A
         if replayed.replay_failure is not None:
             failures.append(f"{opp}: {replayed.replay_failure}")
     assert failures == []
+
+
+async def test_a_worker_without_the_sandbox_runs_deals_the_same(
+    temporal_env: WorkflowEnvironment, db_pool: asyncpg.Pool
+) -> None:
+    settings = Settings(workflow_sandbox=False)
+    async with running_app(temporal_env.client, db_pool, settings) as app:
+        runner = build_worker(app.temporal, db_pool, settings, task_queue="unpolled").config()[
+            "workflow_runner"
+        ]
+        assert isinstance(runner, UnsandboxedWorkflowRunner)
+        rep = app.team.actor("rep")
+        opp = app.opp_id()
+        await app.client.create(actor=rep, name="Acme", account="Acme", owner_id=rep.id, opportunity_id=opp)
+        await app.client.change_stage(opp, actor=rep, stage="Qualification")
+        state = await app.client.state(opp)
+        assert (state["stage"], state["stage_entry_seq"]) == ("Qualification", 2)
+        history = await app.temporal.get_workflow_handle(workflow_id(opp)).fetch_history()
+        replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
+        replayed = await replayer.replay_workflow(history)
+        assert replayed.replay_failure is None
