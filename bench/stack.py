@@ -21,6 +21,7 @@ from bench.worker_process import WorkerProcess, WorkerSpec
 from db.migrate import upgrade
 from db.pool import create_pool
 from sales.messages import Actor
+from starter import processes
 from starter.org_chart import Person, import_people
 from starter.ports import free_port
 from starter.postgres import start_embedded_postgres
@@ -119,6 +120,7 @@ async def bench_stack(keep: bool = False) -> AsyncIterator[Stack]:
         exits.push_async_callback(pool.close)
         await pool.execute(CREATE_TABLES)
         await import_people(pool, org_chart())
+        await processes.ensure_default(pool)  # as `oppflow dev` and `oppflow migrate` do
 
         stack = Stack(workdir, server.address, database.url, client, pool)
         try:

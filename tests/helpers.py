@@ -9,7 +9,10 @@ from typing import Any
 
 from temporalio.common import SearchAttributeIndexedValueType as SAType
 from temporalio.common import SearchAttributeKey
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 
+from starter.temporal_server import temporal_binary
 from starter.temporal_setup import SEARCH_ATTRIBUTES
 
 _KEY_FACTORIES: dict[SAType, Callable[[str], SearchAttributeKey[Any]]] = {
@@ -48,3 +51,15 @@ async def assert_eq_eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"after {timeout:g}s expected {expected!r}, last got {last!r}")
         await asyncio.sleep(interval)
+
+
+async def start_time_skipping_server() -> WorkflowEnvironment:
+    """A dev server whose workflows' clocks can be moved forward one workflow at a time
+    (``env.fast_forward(handle, delta)``), with the contract's search attributes."""
+    return await WorkflowEnvironment.start_time_skipping_v2(
+        ts_config=TimeSkippingConfig(enabled=False),
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        search_attributes=contract_search_attribute_keys(),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"],
+    )

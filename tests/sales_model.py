@@ -2,7 +2,9 @@
 written from the process file and the docs, not from ``sales/`` — so it can disagree.
 
 Covers the first five open stages and Closed Lost (no hand-offs), the owner rep, another
-rep and their manager; stage moves, field edits, reassignment and the stage clock pause.
+rep and their manager; stage moves, field edits, reassignment, the stage clock pause and
+the escalation ladder as time passes (the process counted in calendar days: the test
+publishes it with its business days read as days).
 """
 
 from __future__ import annotations
@@ -31,6 +33,16 @@ FIELD_VALUES: dict[str, list[Any]] = {
     "decision_maker": ["CFO Dana", "   "],
     "loss_reason": ["Price", "Because"],
     "pain_points": ["slow reports", "d'Artagnan; DROP TABLE users"],
+}
+
+
+# Days in a stage before each ladder level fires: stuck_after, then each rung's "after".
+LADDER_DAYS = {
+    "Prospecting": [14, 17, 21],
+    "Qualification": [14, 17, 21],
+    "Needs Analysis": [10, 13, 15],
+    "Value Proposition": [10, 13, 15],
+    "Id. Decision Makers": [10, 13, 15],
 }
 
 
@@ -66,6 +78,8 @@ class Deal:
     fields: dict[str, Any] = field(default_factory=dict)
     amount: Decimal | None = Decimal(5000)
     paused: bool = False
+    days_in_stage: float = 0.0  # clock time: paused time does not count
+    escalation_level: int = 0
 
     @property
     def closed(self) -> bool:
@@ -110,6 +124,15 @@ class Deal:
             raise Refused("entry_criteria")
         self._set(fields)
         self.stage, self.seq, self.paused = target, self.seq + 1, False
+        self.days_in_stage, self.escalation_level = 0.0, 0
+
+    def time_passes(self, days: float) -> None:
+        """The ladder climbs to the highest level due; lower ones passed over do not count."""
+        if self.closed or self.paused:
+            return
+        self.days_in_stage += days
+        due = [level for level, at in enumerate(LADDER_DAYS[self.stage], 1) if self.days_in_stage >= at]
+        self.escalation_level = max([self.escalation_level, *due])
 
     def update(self, who: str, fields: dict[str, Any]) -> None:
         if self.closed:

@@ -15,8 +15,7 @@ import pytest
 import pytest_asyncio
 from standardwebhooks import Webhook
 from temporalio.client import WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
+from temporalio.testing import WorkflowEnvironment
 
 from activities.persistence import OpportunityStore
 from sales.durations import add_business_days
@@ -24,8 +23,7 @@ from sales.records import RecordEscalation
 from starter import escalation_check
 from starter.client import workflow_id
 from starter.settings import Settings
-from starter.temporal_server import temporal_binary
-from tests.helpers import assert_eq_eventually, contract_search_attribute_keys
+from tests.helpers import assert_eq_eventually, start_time_skipping_server
 from tests.sales_team import App, running_app
 from tests.webhook_receiver import Receiver, webhook_receiver
 
@@ -34,13 +32,7 @@ SECRET = "whsec_" + base64.b64encode(b"oppflow-test-secret-0123456789ab").decode
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_time_skipping_v2(
-        ts_config=TimeSkippingConfig(enabled=False),
-        dev_server_existing_path=temporal_binary(),
-        data_converter=pydantic_data_converter,
-        search_attributes=contract_search_attribute_keys(),
-        dev_server_extra_args=["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"],
-    )
+    env = await start_time_skipping_server()
     try:
         yield env
     finally:

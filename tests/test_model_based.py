@@ -1,17 +1,21 @@
-"""Stateful property test: random sales commands against the real app and a plain-Python
-model of the default process (``tests/sales_model.py``); after every step the model, the
-workflow state and the Postgres rows agree, refusals included.
+"""Stateful property test: random sales commands and time jumps against the real app and
+a plain-Python model of the default process (``tests/sales_model.py``); after every step
+the model, the workflow state and the Postgres rows agree, refusals and escalation levels
+included.
 
-Time jumps are not modelled: the default process's clocks run in days and business days,
-which a real dev server cannot skip; escalation timing is covered by the fault tests.
+Time jumps use the dev server's per-workflow time skipping, on the default process
+published with its business days read as calendar days (weekend arithmetic is covered by
+``tests/unit/test_durations.py``; the model stays simple enough to be obviously right).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -21,7 +25,11 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, rule, run_state_machine_as_test
 from temporalio.testing import WorkflowEnvironment
 
-from starter.client import CommandRejected
+import sales
+from sales.process import parse_process_yaml
+from starter import processes
+from starter.client import CommandRejected, workflow_id
+from tests.helpers import start_time_skipping_server
 from tests.portal_app import PortalApp, portal_app
 from tests.sales_model import FIELD_VALUES, TARGETS, Deal, Refused
 
@@ -35,11 +43,31 @@ def portal() -> Iterator[BlockingPortal]:
         yield running
 
 
+CALENDAR_PROCESS = "new-business-calendar"
+LEVELS_REACHED: set[int] = set()  # escalation levels the runs saw, so the ladder was exercised
+
+
 @pytest.fixture(scope="module")
-def app(portal: BlockingPortal, temporal_env: WorkflowEnvironment, postgres_url: str) -> Iterator[PortalApp]:
-    address = temporal_env.client.service_client.config.target_host
+def skipping_env(portal: BlockingPortal) -> Iterator[WorkflowEnvironment]:
+    env = portal.call(start_time_skipping_server)
+    try:
+        yield env
+    finally:
+        portal.call(env.shutdown)
+
+
+@pytest.fixture(scope="module")
+def app(portal: BlockingPortal, skipping_env: WorkflowEnvironment, postgres_url: str) -> Iterator[PortalApp]:
+    address = skipping_env.client.service_client.config.target_host
     with portal.wrap_async_context_manager(portal_app(address, postgres_url)) as running:
+        portal.call(publish_calendar_process, running)
         yield running
+
+
+async def publish_calendar_process(app: PortalApp) -> None:
+    text = (Path(sales.__file__).parent / "processes" / "new-business.yaml").read_text()
+    text = re.sub(r"\b(\d+)bd\b", r"\1d", text).replace("name: new-business", f"name: {CALENDAR_PROCESS}", 1)
+    await processes.publish(app.pool, parse_process_yaml(text))
 
 
 def field_edits(min_size: int = 0) -> st.SearchStrategy[dict[str, Any]]:
@@ -50,7 +78,9 @@ def field_edits(min_size: int = 0) -> st.SearchStrategy[dict[str, Any]]:
     return st.lists(pair, min_size=min_size, max_size=2).map(dict)
 
 
-def deal_machine(portal: BlockingPortal, app: PortalApp) -> type[RuleBasedStateMachine]:
+def deal_machine(
+    portal: BlockingPortal, app: PortalApp, env: WorkflowEnvironment
+) -> type[RuleBasedStateMachine]:
     team = app.team
 
     class SalesDesk(RuleBasedStateMachine):
@@ -89,6 +119,7 @@ def deal_machine(portal: BlockingPortal, app: PortalApp) -> type[RuleBasedStateM
                     owner_id=team.id("rep"),
                     opportunity_id=opp,
                     amount="5000",
+                    process_name=CALENDAR_PROCESS,
                 )
             )
             self.model[opp] = Deal(owner="rep")
@@ -160,6 +191,14 @@ def deal_machine(portal: BlockingPortal, app: PortalApp) -> type[RuleBasedStateM
                 opp, lambda: app.client.resume_clock(opp, actor=team.actor(who)), lambda: deal.resume(who)
             )
 
+        @rule(opp=deals, days=st.sampled_from([0.5, 2, 3.5, 7, 14]))
+        def time_passes(self, opp: str, days: float) -> None:
+            handle = app.temporal.get_workflow_handle(workflow_id(opp))
+            portal.call(env.fast_forward, handle, timedelta(days=days))  # type: ignore[attr-defined]
+            self.model[opp].time_passes(days)
+            portal.call(agree, app, opp, self.model[opp])
+            LEVELS_REACHED.add(self.model[opp].escalation_level)
+
         def teardown(self) -> None:
             """Commands touch one deal each (checked after each step); at the end, all of them."""
             for opp, deal in self.model.items():
@@ -170,6 +209,11 @@ def deal_machine(portal: BlockingPortal, app: PortalApp) -> type[RuleBasedStateM
 
 async def agree(app: PortalApp, opp: str, deal: Deal) -> None:
     state = await app.client.state(opp)
+    for _ in range(100):  # a level due after a time jump fires on the deal's own timer
+        if state["escalation_level"] >= deal.escalation_level:
+            break
+        await asyncio.sleep(0.1)
+        state = await app.client.state(opp)
     expected = {
         "stage": deal.stage,
         "stage_entry_seq": deal.seq,
@@ -177,6 +221,7 @@ async def agree(app: PortalApp, opp: str, deal: Deal) -> None:
         "fields": deal.fields,
         "is_closed": deal.closed,
         "paused": deal.paused,
+        "escalation_level": deal.escalation_level,
     }
     live = {k: state[k] for k in expected if k != "paused"} | {
         "paused": state["clock"]["paused_since"] is not None
@@ -185,7 +230,8 @@ async def agree(app: PortalApp, opp: str, deal: Deal) -> None:
     for _ in range(100):
         row = await app.pool.fetchrow(
             "SELECT stage, stage_entry_seq, owner_id, fields, is_closed, clock_paused AS paused, "
-            "updated_at, (SELECT count(*) FROM stage_history WHERE opportunity_id = $1) AS moves "
+            "escalation_level, updated_at, "
+            "(SELECT count(*) FROM stage_history WHERE opportunity_id = $1) AS moves "
             "FROM opportunities WHERE id = $1",
             opp,
         )
@@ -198,10 +244,10 @@ async def agree(app: PortalApp, opp: str, deal: Deal) -> None:
 
 
 def test_random_sales_commands_keep_model_state_and_database_in_step(
-    portal: BlockingPortal, app: PortalApp
+    portal: BlockingPortal, app: PortalApp, skipping_env: WorkflowEnvironment
 ) -> None:
     run_state_machine_as_test(
-        deal_machine(portal, app),
+        deal_machine(portal, app, skipping_env),
         settings=settings(
             max_examples=8,
             stateful_step_count=25,
@@ -209,3 +255,4 @@ def test_random_sales_commands_keep_model_state_and_database_in_step(
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+    assert max(LEVELS_REACHED, default=0) >= 2, f"time jumps reached levels {sorted(LEVELS_REACHED)} only"
