@@ -18,6 +18,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import rejection_log
 from activities.notifications import Notifier
 from activities.persistence import OpportunityStore
+from sales.records import RejectedCommand
 from starter import metrics, observability
 from starter.settings import Settings
 from workflows.digest import DigestActivities, WeeklyDigestWorkflow
@@ -71,6 +72,17 @@ def build_worker(
     )
 
 
+# Errors that mean "the database is away or restarting": the refusals wait and retry.
+DATABASE_AWAY = (
+    TimeoutError,
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
 async def write_rejections(pool: asyncpg.Pool, interval: float = 0.5) -> None:
     """Flush refused commands noted by update validators into ``rejected_commands``."""
     store = OpportunityStore(pool)
@@ -80,11 +92,27 @@ async def write_rejections(pool: asyncpg.Pool, interval: float = 0.5) -> None:
             try:
                 await store.write_rejections(items)
                 metrics.observe_rejections(items)
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            except DATABASE_AWAY as exc:
                 log.warning("rejected-command audit delayed: %s", exc)
                 rejection_log.requeue(items)
                 await asyncio.sleep(2)
+            except Exception:
+                # Not the database being away: write them one by one, so one refusal that
+                # cannot be stored costs only itself and the writer keeps running.
+                await _write_one_by_one(store, items)
         await asyncio.sleep(interval)
+
+
+async def _write_one_by_one(store: OpportunityStore, items: list[RejectedCommand]) -> None:
+    for index, item in enumerate(items):
+        try:
+            await store.write_rejections([item])
+            metrics.observe_rejections([item])
+        except DATABASE_AWAY:
+            rejection_log.requeue(items[index:])
+            return
+        except Exception:
+            log.exception("refused command %s could not be audited", item.request_id[:80])
 
 
 async def run_worker(client: Client, pool: asyncpg.Pool, settings: Settings, **options: Any) -> None:

@@ -364,6 +364,9 @@ class OpportunityStore:
         return OrgChain(user_id=request.user_id, exists=True, managers=ids[1:])
 
     async def write_rejections(self, items: list[RejectedCommand]) -> None:
+        # Refusals echo what callers sent; text Postgres cannot hold (NUL, lone surrogates)
+        # is replaced, so one hostile request never blocks the audit of the others.
+        items = [_storable(r) for r in items]
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             await conn.executemany(
                 "INSERT INTO rejected_commands (opportunity_id, request_id, command, actor_id, "
@@ -386,6 +389,25 @@ class OpportunityStore:
                     for r in items
                 ],
             )
+
+
+def _text(value: str) -> str:
+    return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def _storable(r: RejectedCommand) -> RejectedCommand:
+    return r.model_copy(
+        update={
+            "opportunity_id": _text(r.opportunity_id),
+            "request_id": _text(r.request_id),
+            "command": _text(r.command),
+            "actor_id": _text(r.actor_id) if r.actor_id is not None else None,
+            "actor_role": _text(r.actor_role) if r.actor_role is not None else None,
+            "rule": _text(r.rule),
+            "message": _text(r.message),
+            "missing": [_text(m) for m in r.missing],
+        }
+    )
 
 
 def _maybe_crash_after_commit() -> None:

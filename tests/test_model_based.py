@@ -255,4 +255,14 @@ def test_random_sales_commands_keep_model_state_and_database_in_step(
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+    # Random runs may never leave a deal alone long enough; this walk always climbs the ladder.
+    desk: Any = deal_machine(portal, app, skipping_env)()
+    opp = desk.create()
+    desk.time_passes(opp, 14)  # level 1
+    desk.pause_clock(opp, "rep")
+    desk.time_passes(opp, 7)  # paused: no climb
+    desk.resume_clock(opp, "rep")
+    desk.time_passes(opp, 3.5)  # 17.5 days of clock: level 2
+    desk.teardown()
+    assert desk.model[opp].escalation_level == 2
     assert max(LEVELS_REACHED, default=0) >= 2, f"time jumps reached levels {sorted(LEVELS_REACHED)} only"
