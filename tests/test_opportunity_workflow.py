@@ -329,31 +329,27 @@ async def test_state_survives_continue_as_new_with_its_request_ids(app: App) -> 
     )
 
 
-async def test_deals_created_and_read_at_once_replay_from_their_histories(app: App) -> None:
-    """Reads that arrive while a deal's first task runs can split it in two workflow tasks;
-    a worker that later rebuilds the deal from its history must reach the same commands."""
-    deals = [app.opp_id() for _ in range(60)]
-
-    async def create_and_read(opp: str) -> None:
-        await app.client.create(
-            actor=app.team.actor("rep"),
-            name="Acme",
-            account="Acme",
-            owner_id=app.team.id("rep"),
-            opportunity_id=opp,
-        )
-        await app.client.state(opp)
-
-    await asyncio.gather(*(create_and_read(opp) for opp in deals))
+async def replay_failure(app: App, opp: str) -> str | None:
+    """Rebuild the deal from its recorded history, as a restarted worker would."""
+    history = await app.temporal.get_workflow_handle(workflow_id(opp)).fetch_history()
     replayer = Replayer(
         workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=SANDBOX
     )
-    failures = []
-    for opp in deals:
-        history = await app.temporal.get_workflow_handle(workflow_id(opp)).fetch_history()
-        replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-        if replayed.replay_failure is not None:
-            failures.append(f"{opp}: {replayed.replay_failure}")
+    replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    return None if replayed.replay_failure is None else f"{opp}: {replayed.replay_failure}"
+
+
+async def test_deals_created_and_read_at_once_replay_from_their_histories(app: App) -> None:
+    """Reads that arrive while a deal's first task runs can split it in two workflow tasks;
+    a worker that later rebuilds the deal from its history must reach the same commands."""
+
+    async def create_and_read() -> str:
+        opp = await new_deal(app)
+        await app.client.state(opp)
+        return opp
+
+    deals = await asyncio.gather(*(create_and_read() for _ in range(60)))
+    failures = [f for f in await asyncio.gather(*(replay_failure(app, opp) for opp in deals)) if f]
     assert failures == []
 
 
@@ -366,13 +362,8 @@ async def test_a_worker_without_the_sandbox_runs_deals_the_same(
             "workflow_runner"
         ]
         assert isinstance(runner, UnsandboxedWorkflowRunner)
-        rep = app.team.actor("rep")
-        opp = app.opp_id()
-        await app.client.create(actor=rep, name="Acme", account="Acme", owner_id=rep.id, opportunity_id=opp)
-        await app.client.change_stage(opp, actor=rep, stage="Qualification")
+        opp = await new_deal(app)
+        await app.client.change_stage(opp, actor=app.team.actor("rep"), stage="Qualification")
         state = await app.client.state(opp)
         assert (state["stage"], state["stage_entry_seq"]) == ("Qualification", 2)
-        history = await app.temporal.get_workflow_handle(workflow_id(opp)).fetch_history()
-        replayer = Replayer(workflows=list(WORKFLOWS), data_converter=pydantic_data_converter)
-        replayed = await replayer.replay_workflow(history)
-        assert replayed.replay_failure is None
+        assert await replay_failure(app, opp) is None
