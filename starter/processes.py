@@ -74,39 +74,17 @@ async def ensure_default(pool: asyncpg.Pool) -> Published:
 _parsed: dict[tuple[str, int, str], SalesProcess] = {}
 
 
-_parsing: dict[tuple[int, tuple[str, int, str]], asyncio.Future[SalesProcess]] = {}
-
-
 async def _load(pool: asyncpg.Pool, row: asyncpg.Record | None) -> SalesProcess | None:
     if row is None:
         return None
     key = (row["name"], row["version"], row["checksum"])
-    if key in _parsed:
-        return _parsed[key]
-    # Concurrent creators of the first deals share one read and parse instead of each doing it.
-    loop = asyncio.get_running_loop()
-    inflight = _parsing.get((id(loop), key))
-    if inflight is not None:
-        return await asyncio.shield(inflight)
-    future: asyncio.Future[SalesProcess] = loop.create_future()
-    _parsing[(id(loop), key)] = future
-    try:
+    if key not in _parsed:
         definition = await pool.fetchval(
             "SELECT definition FROM sales_processes WHERE name = $1 AND version = $2",
             row["name"],
             row["version"],
         )
         _parsed[key] = SalesProcess.model_validate(definition)
-        future.set_result(_parsed[key])
-    except asyncio.CancelledError:
-        future.cancel()
-        raise
-    except Exception as exc:
-        future.set_exception(exc)
-        future.exception()  # retrieved here, so a parse nobody waited on logs no warning
-        raise
-    finally:
-        del _parsing[(id(loop), key)]
     return _parsed[key]
 
 
