@@ -2,7 +2,7 @@
 
 Safe to run again and to interrupt. Each deal starts as workflow ``opportunity-<id>`` with
 a request id derived from the file's SHA-256 and the deal's id, and an existing workflow
-is kept (USE_EXISTING), so nothing is created twice. Rows done are checkpointed in
+is kept (the server admits one start per id), so nothing is created twice. Rows done are checkpointed in
 ``import_rows``; a second run of the same file with the same mapping skips them and
 continues where the first stopped. Rows that cannot be imported are reported (line,
 column, reason) and skipped whole; fix them and run again to import just those.
