@@ -7,6 +7,8 @@ apply it.
 
 from __future__ import annotations
 
+import base64
+import zlib
 from datetime import date
 from enum import StrEnum
 from pathlib import Path
@@ -289,6 +291,7 @@ def default_process() -> SalesProcess:
 
 
 _shared: dict[tuple[str, int, str], SalesProcess] = {}
+_shared_ids: set[int] = set()  # the objects in _shared live as long as the process: ids stay theirs
 
 
 def shared(process: SalesProcess) -> SalesProcess:
@@ -298,5 +301,36 @@ def shared(process: SalesProcess) -> SalesProcess:
     which is most of a deal's memory in a worker. The key includes the whole definition,
     so two different definitions under one version number are never confused.
     """
+    if id(process) in _shared_ids:
+        return process
     key = (process.name, process.version, process.model_dump_json())
-    return _shared.setdefault(key, process)
+    found = _shared.setdefault(key, process)
+    _shared_ids.add(id(found))
+    return found
+
+
+# A packed definition is what a new deal's start request carries: a fifth of the JSON's
+# size. The worker keeps every start request's payload for as long as the deal is cached,
+# so this is memory per open deal, and bytes the server stores for every deal created.
+_packed: dict[int, tuple[SalesProcess, str]] = {}
+_unpacked: dict[str, SalesProcess] = {}
+
+
+def pack(process: SalesProcess) -> str:
+    """The definition as zlib-compressed JSON in base64 (``unpack`` reverses it)."""
+    known = _packed.get(id(process))
+    if known is not None and known[0] is process:
+        return known[1]
+    packed = base64.b64encode(zlib.compress(process.model_dump_json().encode(), 9)).decode("ascii")
+    if len(_packed) < 1_000:  # the entry keeps its process alive, so the id is not reused
+        _packed[id(process)] = (process, packed)
+    return packed
+
+
+def unpack(packed: str) -> SalesProcess:
+    """The shared object for a packed definition; each distinct one is parsed once."""
+    found = _unpacked.get(packed)
+    if found is None:
+        found = shared(SalesProcess.model_validate_json(zlib.decompress(base64.b64decode(packed))))
+        _unpacked[packed] = found
+    return found

@@ -127,12 +127,16 @@ class OpportunityState(BaseModel):
 class OpportunityInput(BaseModel):
     """The workflow's single argument: a new deal, or the state carried by continue-as-new.
 
-    For a new deal the starter passes the pinned process version and the owner's
-    management chain, so the workflow starts without any I/O.
+    For a new deal the starter passes the pinned process version (packed, see
+    ``sales.process.pack``) and the owner's management chain, so the workflow starts
+    without any I/O. Deals started before packing carry ``process`` instead.
     """
 
     create: CreateOpportunity | None = None
     process: SalesProcess | None = None
+    packed_process: str | None = Field(
+        default=None, description="the pinned process definition: zlib-compressed JSON, base64"
+    )
     owner_managers: list[str] = Field(default_factory=list)
     state: OpportunityState | None = None
 

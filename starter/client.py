@@ -40,7 +40,7 @@ from sales.messages import (
     SnoozeEscalation,
     UpdateFields,
 )
-from sales.process import DEFAULT_PROCESS_NAME, SalesProcess, default_process
+from sales.process import DEFAULT_PROCESS_NAME, SalesProcess, default_process, pack
 from sales.state import OpportunityInput
 from starter import org_chart, processes
 from workflows import search_attributes
@@ -189,7 +189,7 @@ class OpportunityClient:
         try:
             await self.temporal.start_workflow(
                 "OpportunityWorkflow",
-                OpportunityInput(create=cmd, process=process, owner_managers=managers),
+                OpportunityInput(create=cmd, packed_process=pack(process), owner_managers=managers),
                 id=wf_id,
                 task_queue=self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

@@ -22,8 +22,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from sales import process
 from sales.process import PROCESS_FOLDER, SalesProcess, default_process
+from sales.state import OpportunityInput
 from starter import processes
-from starter.client import CommandRejected
+from starter.client import CommandRejected, workflow_id
 from tests.helpers import assert_eq_eventually
 from tests.sales_team import App, running_app
 
@@ -133,6 +134,32 @@ async def test_a_new_version_binds_new_deals_and_in_flight_deals_only_once_migra
         ]
 
     await assert_eq_eventually([("change_stage", rep.id, "rep", "exit_criteria", ["champion"], True)], audit)
+
+
+async def test_a_deal_starts_with_its_pinned_version_packed_small(app: App) -> None:
+    name = f"nb-packed-{app.team.tag}"
+    _, spec = variant(name, Qualification={"requires": ["budget", "timeline", "champion"]})
+    spec["fields"]["champion"] = {"type": "text", "label": "Champion"}
+    pinned = await processes.publish(app.pool, SalesProcess.model_validate(spec))
+    opp = await qualified_deal(app, name)
+
+    history = await app.temporal.get_workflow_handle(workflow_id(opp)).fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    (payload,) = started.input.payloads
+    start_input = OpportunityInput.model_validate_json(payload.data)
+    assert start_input.process is None
+    carried = process.unpack(start_input.packed_process or "")
+    assert (carried.name, carried.version, carried.stage("Qualification").requires) == (
+        name,
+        pinned.version,
+        ["budget", "timeline", "champion"],
+    )
+    full = len(carried.model_dump_json())
+    assert len(payload.data) < full / 2, (len(payload.data), full)
+    # The deal follows the packed definition: the new exit criterion is enforced.
+    with pytest.raises(CommandRejected) as refused:
+        await app.client.change_stage(opp, actor=app.team.actor("rep"), stage="Needs Analysis")
+    assert refused.value.missing == ["champion"]
 
 
 async def test_a_migration_into_a_version_without_the_deals_stage_is_refused(app: App) -> None:

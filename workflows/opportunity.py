@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from sales.process import SalesProcess, default_process
     from sales.process import shared as shared_process
+    from sales.process import unpack as unpack_process
     from sales.records import (
         ActivityRow,
         Change,
@@ -128,7 +129,12 @@ class OpportunityWorkflow:
         create = input.create
         if create is None:
             raise ApplicationError("OpportunityInput needs create or state", non_retryable=True)
-        process: SalesProcess = input.process or default_process()
+        if input.process is not None:
+            process: SalesProcess = input.process
+        elif input.packed_process is not None:
+            process = unpack_process(input.packed_process)
+        else:
+            process = default_process()
         stage = process.stage(create.stage) if create.stage else process.first_stage
         now = workflow.now()
         entered = create.stage_entered_at or now
@@ -157,7 +163,7 @@ class OpportunityWorkflow:
 
     @workflow.run
     async def run(self, input: OpportunityInput) -> dict[str, Any]:
-        input.process = None  # the state holds the shared copy; let this one go
+        input.process = input.packed_process = None  # the state holds the shared copy
         escalation_ladder.refresh_next_due(self.state)
         while True:
             await self._flush()

@@ -2,6 +2,7 @@
 
 import pytest
 
+from sales import process
 from sales.process import ProcessFileError, default_process, parse_process_yaml
 
 FORECAST = ["Pipeline", "Best Case", "Commit", "Closed", "Omitted"]
@@ -75,3 +76,13 @@ def test_unknown_keys_are_refused() -> None:
     )
     with pytest.raises(ProcessFileError, match=r"stages\.0\.colour: Extra inputs are not permitted"):
         parse_process_yaml(text)
+
+
+def test_a_packed_definition_unpacks_to_one_shared_equal_process() -> None:
+    original = default_process()
+    packed = process.pack(original)
+    assert len(packed) < len(original.model_dump_json()) / 3
+    first, again = process.unpack(packed), process.unpack(process.pack(default_process()))
+    assert first == original
+    assert first is again  # deals pinned to one version share one object
+    assert process.shared(first) is first
