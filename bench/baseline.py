@@ -2,7 +2,9 @@
 without oppflow's rules, rows or search attributes.
 
 - ``set_stage`` is an update that only mutates a dict (the stage-change baseline);
-  ``set_stage_saved`` also awaits one local activity doing a Postgres INSERT.
+  ``set_stage_saved`` also awaits one local activity doing a Postgres INSERT;
+  ``set_stage_saved_indexed`` also upserts the stage search attribute: the least a stage
+  change that is persisted and searchable costs the engine.
 - Started with ``due_at``, the workflow sleeps until then and runs one activity that
   inserts a row (the escalation-storm baseline).
 - ``get_state`` answers the dict (the open-deals baseline).
@@ -24,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
 
     from starter.settings import Settings
     from worker import SANDBOX
+    from workflows.search_attributes import STAGE
 
 BARE_WORKFLOW = "BareDeal"
 
@@ -119,6 +122,12 @@ class BareDeal:
             start_to_close_timeout=timedelta(seconds=15),
         )
         return {"stage": self.state["stage"]}
+
+    @workflow.update(name="set_stage_saved_indexed")
+    async def set_stage_saved_indexed(self, payload: dict[str, Any]) -> dict[str, Any]:
+        result = await self.set_stage_saved(payload)
+        workflow.upsert_search_attributes([STAGE.value_set(self.state["stage"])])
+        return result
 
     @workflow.signal(name="close")
     def close(self) -> None:
