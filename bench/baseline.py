@@ -115,6 +115,9 @@ class BareDeal:
 
     @workflow.update(name="set_stage_saved")
     async def set_stage_saved(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return await self._save(payload)
+
+    async def _save(self, payload: dict[str, Any]) -> dict[str, Any]:
         self.state.update(payload)
         await workflow.execute_local_activity_method(
             BareStore.insert_row,
@@ -125,7 +128,7 @@ class BareDeal:
 
     @workflow.update(name="set_stage_saved_indexed")
     async def set_stage_saved_indexed(self, payload: dict[str, Any]) -> dict[str, Any]:
-        result = await self.set_stage_saved(payload)
+        result = await self._save(payload)
         workflow.upsert_search_attributes([STAGE.value_set(self.state["stage"])])
         return result
 

@@ -108,7 +108,7 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     n, m, c = sizes.opportunities, sizes.changes, sizes.callers
     await processes.publish(stack.pool, stages_process(m), "bench")
     client = OpportunityClient(stack.client, stack.pool, OPPFLOW_QUEUE)
-    samples: dict[str, list[Sample]] = {variant: [] for variant, _ in BARE_UPDATES} | {"oppflow": []}
+    samples: dict[str, list[Sample]] = {variant: [] for variant, _ in (*BARE_UPDATES, ("oppflow", ""))}
     persisted_ok = True
     last_bare = ""
     for _ in range(sizes.rounds):
