@@ -18,6 +18,7 @@ from temporalio.api.enums.v1 import EventType
 
 from bench.baseline import BARE_WORKFLOW, BareInput
 from bench.clients import TimedClient
+from bench.cpu import CpuSplit, cpu_split
 from bench.measure import Sample, percentile, poll_until, pooled, timed_calls, timed_sequences
 from bench.processes import STAGES_PROCESS, STORM_PROCESS, stage_name, stages_process, storm_process
 from bench.stack import Stack, owner_id, rep
@@ -109,6 +110,7 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     await processes.publish(stack.pool, stages_process(m), "bench")
     client = OpportunityClient(stack.client, stack.pool, OPPFLOW_QUEUE)
     samples: dict[str, list[Sample]] = {variant: [] for variant, _ in (*BARE_UPDATES, ("oppflow", ""))}
+    cpu: dict[str, list[CpuSplit]] = {variant: [] for variant in samples}
     persisted_ok = True
     last_bare = ""
     for _ in range(sizes.rounds):
@@ -124,7 +126,9 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
                     update, {"stage": stage_name(step + 1), "request_id": request_id}, id=request_id
                 )
 
-            samples[variant].append(await timed_sequences(ids, m, c, bare_move))
+            async with cpu_split(stack.workdir) as spent:
+                samples[variant].append(await timed_sequences(ids, m, c, bare_move))
+            cpu[variant].append(spent)
             if update == "set_stage":
                 last_bare = ids[0]
 
@@ -137,7 +141,9 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
             index = int(opp_id.rsplit("-", 1)[1])
             await client.change_stage(opp_id, actor=rep(index), stage=stage_name(step + 1))
 
-        samples["oppflow"].append(await timed_sequences(opp_ids, m, c, move))
+        async with cpu_split(stack.workdir) as spent:
+            samples["oppflow"].append(await timed_sequences(opp_ids, m, c, move))
+        cpu["oppflow"].append(spent)
         rows = await _count(
             stack, "SELECT count(*) FROM stage_history WHERE opportunity_id = ANY($1)", opp_ids
         )
@@ -162,6 +168,9 @@ async def stage_changes(stack: Stack, sizes: Sizes) -> dict[str, Any]:
         "rounds": rounds,
         "ratios": ratios,
         "all_rows_in_postgres_when_answered": persisted_ok,
+        "cpu_ms_per_change": {
+            name: CpuSplit.pooled(splits).per_call_ms(n * m * len(splits)) for name, splits in cpu.items()
+        },
         "history_of_one_deal": history,
         "targets": {
             "throughput >= 0.8x bare update": ratios["throughput_vs_bare"] >= 0.8,

@@ -52,6 +52,10 @@ def test_every_stage_change_was_answered_and_its_rows_are_in_postgres(
         assert figures["figures"][variant]["count"] == DEALS * CHANGES
         assert figures["figures"][variant]["errors"] == 0
     assert figures["all_rows_in_postgres_when_answered"] is True
+    # Where each change's CPU went: the server, the worker and PostgreSQL all did work.
+    spent = figures["cpu_ms_per_change"]["oppflow"]
+    assert {"temporal server", "worker (oppflow)", "postgres"} <= set(spent)
+    assert spent["total"] >= spent["temporal server"] + spent["worker (oppflow)"]
 
 
 def test_creation_measures_each_step_and_saves_every_deal(run: tuple[str, dict[str, Any]]) -> None:
