@@ -291,7 +291,6 @@ def default_process() -> SalesProcess:
 
 
 _shared: dict[tuple[str, int, str], SalesProcess] = {}
-_shared_ids: set[int] = set()  # the objects in _shared live as long as the process: ids stay theirs
 
 
 def shared(process: SalesProcess) -> SalesProcess:
@@ -301,30 +300,19 @@ def shared(process: SalesProcess) -> SalesProcess:
     which is most of a deal's memory in a worker. The key includes the whole definition,
     so two different definitions under one version number are never confused.
     """
-    if id(process) in _shared_ids:
-        return process
     key = (process.name, process.version, process.model_dump_json())
-    found = _shared.setdefault(key, process)
-    _shared_ids.add(id(found))
-    return found
+    return _shared.setdefault(key, process)
 
 
-# A packed definition is what a new deal's start request carries: a fifth of the JSON's
+# A packed definition is what a new deal's start request carries: a quarter of the JSON's
 # size. The worker keeps every start request's payload for as long as the deal is cached,
 # so this is memory per open deal, and bytes the server stores for every deal created.
-_packed: dict[int, tuple[SalesProcess, str]] = {}
 _unpacked: dict[str, SalesProcess] = {}
 
 
 def pack(process: SalesProcess) -> str:
     """The definition as zlib-compressed JSON in base64 (``unpack`` reverses it)."""
-    known = _packed.get(id(process))
-    if known is not None and known[0] is process:
-        return known[1]
-    packed = base64.b64encode(zlib.compress(process.model_dump_json().encode(), 9)).decode("ascii")
-    if len(_packed) < 1_000:  # the entry keeps its process alive, so the id is not reused
-        _packed[id(process)] = (process, packed)
-    return packed
+    return base64.b64encode(zlib.compress(process.model_dump_json().encode(), 9)).decode("ascii")
 
 
 def unpack(packed: str) -> SalesProcess:

@@ -105,7 +105,8 @@ class OpportunityWorkflow:
     def __init__(self, input: OpportunityInput) -> None:
         self._is_new = input.state is None
         self.state = input.state or self._new_state(input)
-        self.state.process = shared_process(self.state.process)
+        if input.state is not None:  # carried by continue-as-new: its own parsed copy
+            self.state.process = shared_process(self.state.process)
         self._outbox: list[Change] = []
         self._pending_activities: list[tuple[RecordActivity, int, frozenset[str]]] = []
         self._handoffs_to_start: list[Handoff] = []
@@ -129,12 +130,10 @@ class OpportunityWorkflow:
         create = input.create
         if create is None:
             raise ApplicationError("OpportunityInput needs create or state", non_retryable=True)
-        if input.process is not None:
-            process: SalesProcess = input.process
-        elif input.packed_process is not None:
-            process = unpack_process(input.packed_process)
-        else:
-            process = default_process()
+        if input.packed_process is not None:
+            process: SalesProcess = unpack_process(input.packed_process)  # already shared
+        else:  # started before packing, or without a process
+            process = shared_process(input.process or default_process())
         stage = process.stage(create.stage) if create.stage else process.first_stage
         now = workflow.now()
         entered = create.stage_entered_at or now
