@@ -129,7 +129,8 @@ class OpportunityInput(BaseModel):
 
     For a new deal the starter passes the pinned process version (packed, see
     ``sales.process.pack``) and the owner's management chain, so the workflow starts
-    without any I/O. Deals started before packing carry ``process`` instead.
+    without any I/O. Deals started before packing carry ``process`` instead, and deals
+    started before ``revision`` existed carry 0.
     """
 
     create: CreateOpportunity | None = None
@@ -139,6 +140,11 @@ class OpportunityInput(BaseModel):
     )
     owner_managers: list[str] = Field(default_factory=list)
     state: OpportunityState | None = None
+    revision: int = Field(
+        default=0,
+        ge=0,
+        description="the workflow revision the starter knew (workflows/opportunity.py REVISION)",
+    )
 
 
 class HandoffInput(BaseModel):

@@ -44,6 +44,7 @@ from sales.process import DEFAULT_PROCESS_NAME, SalesProcess, default_process, p
 from sales.state import OpportunityInput
 from starter import org_chart, processes
 from workflows import search_attributes
+from workflows.revisions import REVISION
 
 C = TypeVar("C", bound=Command)
 
@@ -189,7 +190,9 @@ class OpportunityClient:
         try:
             await self.temporal.start_workflow(
                 "OpportunityWorkflow",
-                OpportunityInput(create=cmd, packed_process=pack(process), owner_managers=managers),
+                OpportunityInput(
+                    create=cmd, packed_process=pack(process), owner_managers=managers, revision=REVISION
+                ),
                 id=wf_id,
                 task_queue=self.task_queue,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,

@@ -16,6 +16,7 @@ from typing import Any
 
 import asyncpg
 import pytest_asyncio
+from temporalio.api.enums.v1 import EventType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.common import SearchAttributeIndexedValueType as SAType
@@ -31,6 +32,11 @@ from workflows import search_attributes as sa
 
 NEGOTIATION = "Negotiation/Review"
 VISIBILITY_TIMEOUT = 20.0
+WORKFLOW_TASK_EVENTS = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+}
 
 
 def entered_at_first_level(process: SalesProcess, stage_name: str, now: datetime) -> datetime:
@@ -145,6 +151,47 @@ async def test_the_amount_filter_follows_a_field_update(app: App) -> None:
         timeout=VISIBILITY_TIMEOUT,
         interval=0.3,
     )
+
+
+async def test_a_new_deal_is_indexed_at_start_and_its_first_task_indexes_nothing(app: App) -> None:
+    team, client = app.team, app.client
+    opp = app.opp_id()
+    before = datetime.now(UTC)
+    await client.create(
+        actor=team.actor("rep"), name="Renewal", account="Hooli", owner_id=team.id("rep"), opportunity_id=opp
+    )
+    handle = app.temporal.get_workflow_handle(workflow_id(opp))
+    state = await client.state(opp)
+    entered = datetime.fromisoformat(state["stage_entered_at"])
+    assert before <= entered <= datetime.now(UTC)
+    assert (await handle.describe()).typed_search_attributes.get(sa.STAGE_ENTERED_AT) == entered
+
+    # A deal started by this code takes every patched path without a patch marker, and
+    # the search attributes its starter set already hold its values: its first task
+    # saves the deal and arms the stage clock, and indexes nothing.
+    async def recorded() -> list[str]:
+        events = (await handle.fetch_history()).events
+        return [
+            EventType.Name(e.event_type).removeprefix("EVENT_TYPE_")
+            + (
+                f" {e.marker_recorded_event_attributes.marker_name}"
+                if e.HasField("marker_recorded_event_attributes")
+                else ""
+            )
+            for e in events
+            if e.event_type not in WORKFLOW_TASK_EVENTS
+        ]
+
+    await assert_eq_eventually(
+        ["WORKFLOW_EXECUTION_STARTED", "MARKER_RECORDED core_local_activity", "TIMER_STARTED"], recorded
+    )
+
+    # The first change of stage indexes the new stage and its entry time.
+    await client.change_stage(opp, actor=team.actor("rep"), stage="Qualification")
+    moved = datetime.fromisoformat((await client.state(opp))["stage_entered_at"])
+    assert moved > entered
+    attributes = (await handle.describe()).typed_search_attributes
+    assert (attributes.get(sa.STAGE), attributes.get(sa.STAGE_ENTERED_AT)) == ("Qualification", moved)
 
 
 # -- `oppflow setup-temporal` on a cluster, as an operator runs it ------------------------------------

@@ -74,11 +74,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.handoff import HandoffWorkflow
     from workflows.notification import NotificationWorkflow, notify_once
     from workflows.retries import DB_WRITE
+    from workflows.revisions import ESCALATION_ROW_IN_WORKER, ONLY_CHANGED_SEARCH_ATTRIBUTES, REVISION_1
 
 CLOSED_LOST_REOPEN_WINDOW = timedelta(days=30)
-# Patch ids (workflow.patched): histories recorded before a change replay the old path.
-ESCALATION_ROW_IN_WORKER = "escalation-row-local-activity"
-ONLY_CHANGED_SEARCH_ATTRIBUTES = "upsert-changed-search-attributes"
 CommandT = TypeVar("CommandT", bound=Command)
 
 
@@ -119,8 +117,9 @@ class OpportunityWorkflow:
         # Every patch is decided here, before the first command. Decided later (after a
         # local activity), the marker can land in another workflow task than the one
         # replay decides it in, and replay fails.
-        self._escalation_row_in_worker = workflow.patched(ESCALATION_ROW_IN_WORKER)
-        self._only_changed_search_attributes = workflow.patched(ONLY_CHANGED_SEARCH_ATTRIBUTES)
+        current = input.revision >= REVISION_1
+        self._escalation_row_in_worker = current or workflow.patched(ESCALATION_ROW_IN_WORKER)
+        self._only_changed_search_attributes = current or workflow.patched(ONLY_CHANGED_SEARCH_ATTRIBUTES)
         if self._is_new and input.create is not None:
             # Recorded here, not in run(): updates may be handled before run() starts.
             self._record_creation(input.create)
@@ -137,6 +136,10 @@ class OpportunityWorkflow:
         stage = process.stage(create.stage) if create.stage else process.first_stage
         now = workflow.now()
         entered = create.stage_entered_at or now
+        if create.stage_entered_at is None and input.revision >= REVISION_1:
+            # The starter indexed the deal with its own clock; keep that value (capped at
+            # now below) so the first task has no StageEnteredAt to upsert.
+            entered = workflow.info().typed_search_attributes.get(search_attributes.STAGE_ENTERED_AT) or now
         return OpportunityState(
             opportunity_id=create.opportunity_id,
             name=create.name,
@@ -175,7 +178,8 @@ class OpportunityWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 while self._has_work():
                     await self._flush()
-                workflow.continue_as_new(OpportunityInput(state=self.state))
+                # The next run is started by this code: it needs no patch markers.
+                workflow.continue_as_new(OpportunityInput(state=self.state, revision=REVISION_1))
             await self._wait_for_work()
 
     async def _wait_for_work(self) -> None:
