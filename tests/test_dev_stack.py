@@ -25,7 +25,7 @@ from starter.connect import connect_temporal
 from starter.dev_stack import run_dev_stack
 from starter.ports import PortInUseError, check_ports_free, free_port, port_is_free
 from starter.settings import Settings
-from starter.temporal_server import DevServerOptions, start_dev_server
+from starter.temporal_server import DevServerOptions, dev_server_args, start_dev_server
 from starter.temporal_setup import SEARCH_ATTRIBUTES, TemporalSetupError, register_search_attributes
 from tests.helpers import new_task_queue
 
@@ -156,6 +156,13 @@ async def test_port_in_use_fails_with_one_clear_line() -> None:
         )
         with pytest.raises(PortInUseError, match=f"^port {port} is in use: stop the other Temporal server"):
             await start_dev_server(DevServerOptions(port=port, headless=True))
+
+
+def test_the_dev_server_runs_each_task_queue_as_one_partition(tmp_path: Path) -> None:
+    args = dev_server_args("temporal", DevServerOptions(db_filename=tmp_path / "t.db"))
+    settings = {args[i + 1] for i, arg in enumerate(args) if arg == "--dynamic-config-value"}
+    assert {"matching.numTaskqueueReadPartitions=1", "matching.numTaskqueueWritePartitions=1"} <= settings
+    assert ["--sqlite-pragma", "journal_mode=wal"] == args[args.index("journal_mode=wal") - 1 :][:2]
 
 
 async def test_dev_server_keeps_a_workflow_across_restart(tmp_path: Path) -> None:
