@@ -25,6 +25,7 @@ from bench.stack import Stack, owner_id, rep
 from bench.worker_process import WorkerProcess
 from starter import processes
 from starter.client import OpportunityClient
+from starter.settings import Settings
 
 OPPFLOW_QUEUE = "bench-oppflow"
 BARE_QUEUE = "bench-bare"
@@ -360,6 +361,10 @@ async def _open_deals_variant(stack: Stack, sizes: Sizes, kind: str) -> dict[str
     # The latency of one read on its own, as a deal page asks for it, without C callers queued.
     one_caller = await _warm(stack, random.sample(wf_ids, min(len(wf_ids), 500)), 1)
     await stack.stop_worker(worker)
+    per_deal = (warm_rss - idle_rss) / k
+    production = await _open_deals_production_cache(
+        stack, worker_kind, queue, wf_ids, idle_rss, per_deal, sizes
+    )
     return {
         "deals": k,
         "max_cached_workflows": max_cached,
@@ -376,11 +381,49 @@ async def _open_deals_variant(stack: Stack, sizes: Sizes, kind: str) -> dict[str
         "warm_get_state": warm.summary(),
         "warm_get_state_one_caller": one_caller.summary(),
         "rss_at_10000_deals_mib": round(
-            warm_rss / MIB
-            if k >= TARGET_OPEN_DEALS
-            else (idle_rss + (warm_rss - idle_rss) / k * TARGET_OPEN_DEALS) / MIB,
+            warm_rss / MIB if k >= TARGET_OPEN_DEALS else (idle_rss + per_deal * TARGET_OPEN_DEALS) / MIB,
             1,
         ),
+        "production_cache": production,
+    }
+
+
+async def _open_deals_production_cache(
+    stack: Stack,
+    worker_kind: str,
+    queue: str,
+    wf_ids: list[str],
+    idle_rss: int,
+    per_deal: float,
+    sizes: Sizes,
+) -> dict[str, Any]:
+    """The same deals served by a worker with the production cache size (``Settings``):
+    it keeps the most recently used deals in memory and replays any other on its next
+    read. Measured when there are more deals than the cache holds; otherwise every deal
+    fits and the figures above are the production ones."""
+    cache = Settings().max_cached_workflows
+    at_target = idle_rss + per_deal * min(TARGET_OPEN_DEALS, cache)
+    if len(wf_ids) <= cache:
+        return {
+            "max_cached_workflows": cache,
+            "measured": False,
+            "rss_at_10000_deals_mib": round(at_target / MIB, 1),
+        }
+    worker = await stack.start_worker(worker_kind, queue, experiment=sizes.experiment)
+    try:
+        await _warm(stack, random.sample(wf_ids, len(wf_ids)), sizes.callers)
+        warm = await _warm(stack, random.sample(wf_ids, len(wf_ids)), sizes.callers)
+        rss = worker.rss_bytes()
+        one_caller = await _warm(stack, random.sample(wf_ids, min(len(wf_ids), 500)), 1)
+    finally:
+        await stack.stop_worker(worker)
+    return {
+        "max_cached_workflows": cache,
+        "measured": True,
+        "rss_mib": round(rss / MIB, 1),
+        "rss_at_10000_deals_mib": round((rss if len(wf_ids) >= TARGET_OPEN_DEALS else at_target) / MIB, 1),
+        "warm_get_state": warm.summary(),
+        "warm_get_state_one_caller": one_caller.summary(),
     }
 
 
@@ -388,7 +431,10 @@ async def open_deals(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     bare = await _open_deals_variant(stack, sizes, "bare")
     ours = await _open_deals_variant(stack, sizes, "oppflow")
     rss_mib = ours["rss_at_10000_deals_mib"]  # measured, or extrapolated from fewer deals
+    production = ours["production_cache"]
+    production_rss = production["rss_at_10000_deals_mib"]
     warm_p99 = ours["warm_get_state_one_caller"]["p99_ms"]
+    production_p99 = production["warm_get_state_one_caller"]["p99_ms"] if production["measured"] else warm_p99
     return {
         "sizes": {"deals": sizes.open_deals, "callers": sizes.callers},
         "figures": {"bare entity": bare, "oppflow": ours},
@@ -399,8 +445,10 @@ async def open_deals(stack: Stack, sizes: Sizes) -> dict[str, Any]:
             "restart_serve_all_vs_bare": _ratio(ours["restart_serve_all_s"], bare["restart_serve_all_s"]),
         },
         "targets": {
-            "worker RSS <= 1 GiB at 10,000 deals": rss_mib <= 1024,
-            "warm get_state p99 < 100 ms (one caller)": warm_p99 < 100,
+            "worker RSS <= 1 GiB at 10,000 deals (production cache)": production_rss <= 1024,
+            "warm get_state p99 < 100 ms (one caller, production cache)": production_p99 < 100,
+            "worker RSS <= 1 GiB at 10,000 deals (every deal cached)": rss_mib <= 1024,
+            "warm get_state p99 < 100 ms (one caller, every deal cached)": warm_p99 < 100,
         },
     }
 

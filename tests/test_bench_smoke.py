@@ -5,6 +5,7 @@ with one JSON line holding every figure and ratio. Not a timed test: no figure i
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 DEALS, CHANGES, CREATIONS, STORM, OPEN = 6, 2, 5, 8, 12
+PRODUCTION_CACHE = 8
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +28,9 @@ def run() -> tuple[str, dict[str, Any]]:
     args = [sys.executable, "-m", "bench", "--opportunities", str(DEALS), "--changes", str(CHANGES)]
     args += ["--callers", "4", "--rounds", "1", "--creations", str(CREATIONS), "--storm", str(STORM)]
     args += ["--storm-min-stuck", "5", "--open-deals", str(OPEN)]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    # A production cache smaller than the open deals, so that phase is measured too.
+    env = {**os.environ, "OPPFLOW_MAX_CACHED_WORKFLOWS": str(PRODUCTION_CACHE)}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.strip().splitlines()
     return done.stdout, json.loads(lines[-1])
@@ -84,3 +88,12 @@ def test_open_deals_are_served_again_by_a_restarted_worker(run: tuple[str, dict[
         assert variant["cold_get_state"]["count"] == OPEN and variant["cold_get_state"]["errors"] == 0
         assert variant["warm_get_state"]["count"] == OPEN
         assert variant["rss_warm_mib"] > variant["rss_idle_mib"] > 0
+
+
+def test_open_deals_beyond_the_production_cache_are_all_served(run: tuple[str, dict[str, Any]]) -> None:
+    for variant in run[1]["scenarios"]["open-deals"]["figures"].values():
+        production = variant["production_cache"]
+        assert (production["max_cached_workflows"], production["measured"]) == (PRODUCTION_CACHE, True)
+        assert production["warm_get_state"]["count"] == OPEN and production["warm_get_state"]["errors"] == 0
+        assert production["warm_get_state_one_caller"]["errors"] == 0
+        assert production["rss_mib"] > 0
