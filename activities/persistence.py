@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import nullcontext
 
 import asyncpg
+from pydantic import TypeAdapter
 from temporalio import activity
 
 from sales.records import (
+    Change,
     EscalatedBatch,
     EscalationRecorded,
     OrgChain,
@@ -23,72 +26,84 @@ from sales.records import (
     RecordEscalation,
     RejectedCommand,
 )
+from sales.state import Handoff
 from starter import metrics
 from starter.action_links import links_for
 
 ACQUIRE_TIMEOUT = 5.0
 
-UPSERT_OPPORTUNITY = """
-INSERT INTO opportunities (
-    id, name, account, owner_id, stage, amount, close_date, probability, forecast_category,
-    is_closed, is_won, stage_entered_at, stage_entry_seq, escalation_level, clock_paused,
-    next_escalation_at, process_name, process_version, fields, team, last_activity_at,
-    created_at, updated_at, state_version)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
-        $21, $22, $23, $24)
-ON CONFLICT (id) DO UPDATE SET
-    name = EXCLUDED.name, account = EXCLUDED.account, owner_id = EXCLUDED.owner_id,
-    stage = EXCLUDED.stage, amount = EXCLUDED.amount, close_date = EXCLUDED.close_date,
-    probability = EXCLUDED.probability, forecast_category = EXCLUDED.forecast_category,
-    is_closed = EXCLUDED.is_closed, is_won = EXCLUDED.is_won,
-    stage_entered_at = EXCLUDED.stage_entered_at, stage_entry_seq = EXCLUDED.stage_entry_seq,
-    escalation_level = EXCLUDED.escalation_level, clock_paused = EXCLUDED.clock_paused,
-    next_escalation_at = EXCLUDED.next_escalation_at, process_name = EXCLUDED.process_name,
-    process_version = EXCLUDED.process_version, fields = EXCLUDED.fields, team = EXCLUDED.team,
-    last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at,
-    state_version = EXCLUDED.state_version
-WHERE opportunities.state_version < EXCLUDED.state_version
-"""
-
-INSERT_STAGE_HISTORY = """
-INSERT INTO stage_history (opportunity_id, request_id, from_stage, to_stage, actor_id, reason,
-    changed_at, stage_entry_seq, amount, probability, forecast_category, close_date)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-ON CONFLICT (opportunity_id, request_id) DO NOTHING
-"""
-
-INSERT_FIELD_HISTORY = """
-INSERT INTO field_history (opportunity_id, request_id, field, old_value, new_value, actor_id, changed_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7)
-ON CONFLICT (opportunity_id, request_id, field) DO NOTHING
-"""
-
-INSERT_EVENT = """
-INSERT INTO opportunity_events (opportunity_id, request_id, kind, actor_id, detail, happened_at)
-VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (opportunity_id, request_id) DO NOTHING
-"""
-
-INSERT_ACTIVITY = """
-INSERT INTO activities (opportunity_id, request_id, kind, subject, outcome, occurred_at, actor_id,
-    data, recorded_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-ON CONFLICT (opportunity_id, request_id) DO NOTHING
+# A batch in one statement (one round trip, atomic on its own): the deal's row ($1-$24),
+# then its history rows from two JSON arrays, the changes ($25) and the hand-offs ($26),
+# each table taking its rows in order. Every write is idempotent on its business key; the
+# deal's row only moves forward (state_version).
+SAVE_BATCH = """
+WITH opportunity AS (
+    INSERT INTO opportunities (
+        id, name, account, owner_id, stage, amount, close_date, probability, forecast_category,
+        is_closed, is_won, stage_entered_at, stage_entry_seq, escalation_level, clock_paused,
+        next_escalation_at, process_name, process_version, fields, team, last_activity_at,
+        created_at, updated_at, state_version)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,
+            $21, $22, $23, $24)
+    ON CONFLICT (id) DO UPDATE SET
+        name = EXCLUDED.name, account = EXCLUDED.account, owner_id = EXCLUDED.owner_id,
+        stage = EXCLUDED.stage, amount = EXCLUDED.amount, close_date = EXCLUDED.close_date,
+        probability = EXCLUDED.probability, forecast_category = EXCLUDED.forecast_category,
+        is_closed = EXCLUDED.is_closed, is_won = EXCLUDED.is_won,
+        stage_entered_at = EXCLUDED.stage_entered_at, stage_entry_seq = EXCLUDED.stage_entry_seq,
+        escalation_level = EXCLUDED.escalation_level, clock_paused = EXCLUDED.clock_paused,
+        next_escalation_at = EXCLUDED.next_escalation_at, process_name = EXCLUDED.process_name,
+        process_version = EXCLUDED.process_version, fields = EXCLUDED.fields, team = EXCLUDED.team,
+        last_activity_at = EXCLUDED.last_activity_at, updated_at = EXCLUDED.updated_at,
+        state_version = EXCLUDED.state_version
+    WHERE opportunities.state_version < EXCLUDED.state_version
+), changes AS (
+    SELECT c, n FROM jsonb_array_elements($25::text::jsonb) WITH ORDINALITY AS x(c, n)
+), events AS (
+    INSERT INTO opportunity_events (opportunity_id, request_id, kind, actor_id, detail, happened_at)
+    SELECT $1, c->>'request_id', c->>'kind', c->>'actor_id', c->'detail', (c->>'at')::timestamptz
+    FROM changes ORDER BY n
+    ON CONFLICT (opportunity_id, request_id) DO NOTHING
+), stages AS (
+    INSERT INTO stage_history (opportunity_id, request_id, from_stage, to_stage, actor_id, reason,
+        changed_at, stage_entry_seq, amount, probability, forecast_category, close_date)
+    SELECT $1, c->>'request_id', s->>'from_stage', s->>'to_stage', c->>'actor_id', s->>'reason',
+        (c->>'at')::timestamptz, (s->>'stage_entry_seq')::integer, (s->>'amount')::numeric,
+        (s->>'probability')::integer, s->>'forecast_category', (s->>'close_date')::date
+    FROM changes CROSS JOIN LATERAL (SELECT c->'stage_change' AS s) AS stage_change
+    WHERE jsonb_typeof(s) = 'object' ORDER BY n
+    ON CONFLICT (opportunity_id, request_id) DO NOTHING
+), fields AS (
+    INSERT INTO field_history (opportunity_id, request_id, field, old_value, new_value, actor_id, changed_at)
+    SELECT $1, c->>'request_id', f->>'field', NULLIF(f->'old_value', 'null'), NULLIF(f->'new_value', 'null'),
+        c->>'actor_id', (c->>'at')::timestamptz
+    FROM changes CROSS JOIN LATERAL jsonb_array_elements(c->'field_changes') WITH ORDINALITY AS y(f, m)
+    ORDER BY n, m
+    ON CONFLICT (opportunity_id, request_id, field) DO NOTHING
+), logged AS (
+    INSERT INTO activities (opportunity_id, request_id, kind, subject, outcome, occurred_at, actor_id,
+        data, recorded_at)
+    SELECT $1, c->>'request_id', a->>'kind', a->>'subject', a->>'outcome', (a->>'occurred_at')::timestamptz,
+        c->>'actor_id', a->'data', (c->>'at')::timestamptz
+    FROM changes CROSS JOIN LATERAL (SELECT c->'activity' AS a) AS logged_activity
+    WHERE jsonb_typeof(a) = 'object' ORDER BY n
+    ON CONFLICT (opportunity_id, request_id) DO NOTHING
+)
+INSERT INTO handoffs (id, opportunity_id, kind, title, team_role, assignee_id, stage, status,
+    opened_at, due_at, finished_at, note)
+SELECT h->>'handoff_id', $1, h->>'kind', h->>'title', h->>'team_role', h->>'assignee_id', h->>'stage',
+    h->>'status', (h->>'opened_at')::timestamptz, (h->>'due_at')::timestamptz,
+    (h->>'finished_at')::timestamptz, h->>'note'
+FROM jsonb_array_elements($26::text::jsonb) AS z(h)
+ON CONFLICT (id) DO UPDATE SET assignee_id = EXCLUDED.assignee_id, status = EXCLUDED.status,
+    due_at = COALESCE(EXCLUDED.due_at, handoffs.due_at), finished_at = EXCLUDED.finished_at,
+    note = EXCLUDED.note
 """
 
 UPDATE_ESCALATIONS = """
 UPDATE escalations SET status = $4, note = COALESCE($5, note), updated_at = $6
 WHERE opportunity_id = $1 AND subject = 'stage' AND stage_entry_seq = $2
   AND status = ANY($3::text[])
-"""
-
-UPSERT_HANDOFF = """
-INSERT INTO handoffs (id, opportunity_id, kind, title, team_role, assignee_id, stage, status,
-    opened_at, due_at, finished_at, note)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-ON CONFLICT (id) DO UPDATE SET assignee_id = EXCLUDED.assignee_id, status = EXCLUDED.status,
-    due_at = COALESCE(EXCLUDED.due_at, handoffs.due_at), finished_at = EXCLUDED.finished_at,
-    note = EXCLUDED.note
 """
 
 INSERT_ESCALATION = """
@@ -112,6 +127,9 @@ SELECT id FROM chain ORDER BY depth
 # Resolution of the ladder's ``notify`` to a person, at the moment the level fires.
 SALES_OPS = "SELECT id FROM users WHERE 'admin' = ANY(roles) ORDER BY id LIMIT 1"
 MANAGER_OF = "SELECT manager_id FROM users WHERE id = $1"
+
+CHANGES_JSON = TypeAdapter(list[Change])
+HANDOFFS_JSON = TypeAdapter(list[Handoff])
 
 ESCALATION_STATUSES_REPLACED = {
     "resolved": ["open", "snoozed", "acknowledged"],
@@ -143,8 +161,12 @@ class OpportunityStore:
 
     @activity.defn(name="persist_opportunity")
     async def persist(self, batch: PersistBatch) -> int:
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
-            await self._write_batch(conn, batch)
+        # The batch is one statement, atomic on its own; escalation status updates
+        # (acknowledge, snooze...) are more statements, so those batches take a transaction.
+        updates_escalations = any(c.escalation_status is not None for c in batch.changes)
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            async with conn.transaction() if updates_escalations else nullcontext():
+                await self._write_batch(conn, batch)
         metrics.observe_batch(batch)
         _maybe_crash_after_commit()
         return len(batch.changes)
@@ -165,7 +187,7 @@ class OpportunityStore:
     async def _write_batch(self, conn: asyncpg.Connection, batch: PersistBatch) -> None:
         row = batch.opportunity
         await conn.execute(
-            UPSERT_OPPORTUNITY,
+            SAVE_BATCH,
             row.id,
             row.name,
             row.account,
@@ -190,42 +212,10 @@ class OpportunityStore:
             row.created_at,
             row.updated_at,
             row.state_version,
+            CHANGES_JSON.dump_json(batch.changes).decode(),
+            HANDOFFS_JSON.dump_json(batch.handoffs).decode(),
         )
-        stage_rows, field_rows, event_rows, activity_rows = [], [], [], []
         for change in batch.changes:
-            key = (row.id, change.request_id)
-            event_rows.append((*key, change.kind, change.actor_id, change.detail, change.at))
-            if (sc := change.stage_change) is not None:
-                stage_rows.append(
-                    (
-                        *key,
-                        sc.from_stage,
-                        sc.to_stage,
-                        change.actor_id,
-                        sc.reason,
-                        change.at,
-                        sc.stage_entry_seq,
-                        sc.amount,
-                        sc.probability,
-                        sc.forecast_category,
-                        sc.close_date,
-                    )
-                )
-            for fc in change.field_changes:
-                field_rows.append((*key, fc.field, fc.old_value, fc.new_value, change.actor_id, change.at))
-            if (act := change.activity) is not None:
-                activity_rows.append(
-                    (
-                        *key,
-                        act.kind,
-                        act.subject,
-                        act.outcome,
-                        act.occurred_at,
-                        change.actor_id,
-                        act.data,
-                        change.at,
-                    )
-                )
             if (es := change.escalation_status) is not None:
                 await conn.execute(
                     UPDATE_ESCALATIONS,
@@ -236,35 +226,6 @@ class OpportunityStore:
                     es.note,
                     change.at,
                 )
-        for sql, rows in (
-            (INSERT_EVENT, event_rows),
-            (INSERT_STAGE_HISTORY, stage_rows),
-            (INSERT_FIELD_HISTORY, field_rows),
-            (INSERT_ACTIVITY, activity_rows),
-        ):
-            if rows:
-                await conn.executemany(sql, rows)
-        if batch.handoffs:
-            await conn.executemany(
-                UPSERT_HANDOFF,
-                [
-                    (
-                        h.handoff_id,
-                        row.id,
-                        h.kind,
-                        h.title,
-                        h.team_role,
-                        h.assignee_id,
-                        h.stage,
-                        h.status,
-                        h.opened_at,
-                        h.due_at,
-                        h.finished_at,
-                        h.note,
-                    )
-                    for h in batch.handoffs
-                ],
-            )
 
     @activity.defn(name="record_escalation")
     async def record_escalation(self, esc: RecordEscalation) -> EscalationRecorded:

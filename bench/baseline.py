@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
 
     from starter.settings import Settings
     from worker import SANDBOX
-    from workflows.search_attributes import STAGE
+    from workflows.search_attributes import ESCALATION_LEVEL, STAGE
 
 BARE_WORKFLOW = "BareDeal"
 
@@ -50,6 +50,8 @@ class BareInput(BaseModel):
     deal_id: str
     stage: str
     due_at: datetime | None = None
+    # The storm's indexed baseline: the escalation also sets EscalationLevel, as oppflow does.
+    index_escalation: bool = False
 
 
 class BareRow(BaseModel):
@@ -105,6 +107,8 @@ class BareDeal:
                 BareEscalation(deal_id=input.deal_id, due_at=input.due_at, fired_at=workflow.now()),
                 start_to_close_timeout=timedelta(seconds=15),
             )
+            if input.index_escalation:
+                workflow.upsert_search_attributes([ESCALATION_LEVEL.value_set(1)])
         await workflow.wait_condition(lambda: self.closed)
         return self.state
 

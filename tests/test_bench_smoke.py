@@ -76,7 +76,9 @@ def test_creation_measures_each_step_and_saves_every_deal(run: tuple[str, dict[s
 
 
 def test_every_storm_deal_escalated_once_not_before_it_was_due(run: tuple[str, dict[str, Any]]) -> None:
-    for variant in run[1]["scenarios"]["storm"]["figures"].values():
+    figures = run[1]["scenarios"]["storm"]["figures"]
+    assert set(figures) == {"timer + activity", "timer + activity + SA upsert", "oppflow"}
+    for variant in figures.values():
         assert variant["rows"] == STORM
         assert variant["fired_lateness_p50_ms"] >= 0
         assert variant["all_rows_after_due_s"] > 0
