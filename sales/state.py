@@ -143,7 +143,7 @@ class OpportunityInput(BaseModel):
     revision: int = Field(
         default=0,
         ge=0,
-        description="the workflow revision the starter knew (workflows/opportunity.py REVISION)",
+        description="the workflow revision the starter knew (workflows/revisions.py REVISION)",
     )
 
 

@@ -182,9 +182,12 @@ async def test_concurrent_creators_get_one_deal(app: App) -> None:
             opportunity_id=opp,
         )
 
+    async def runs() -> int:
+        return len([w async for w in app.temporal.list_workflows(f"WorkflowId = '{workflow_id(opp)}'")])
+
     await asyncio.gather(*(create(n) for n in range(5)))
-    runs = [w async for w in app.temporal.list_workflows(f"WorkflowId = '{workflow_id(opp)}'")]
-    assert len(runs) == 1
+    # Visibility is eventually consistent: a start is listed a moment after it is acknowledged.
+    await assert_eq_eventually(1, runs)
     await assert_eq_eventually(
         1, lambda: app.pool.fetchval("SELECT count(*) FROM stage_history WHERE opportunity_id = $1", opp)
     )

@@ -74,7 +74,12 @@ with workflow.unsafe.imports_passed_through():
     from workflows.handoff import HandoffWorkflow
     from workflows.notification import NotificationWorkflow, notify_once
     from workflows.retries import DB_WRITE
-    from workflows.revisions import ESCALATION_ROW_IN_WORKER, ONLY_CHANGED_SEARCH_ATTRIBUTES, REVISION_1
+    from workflows.revisions import (
+        ESCALATION_ROW_IN_WORKER,
+        ONLY_CHANGED_SEARCH_ATTRIBUTES,
+        REVISION,
+        REVISION_1,
+    )
 
 CLOSED_LOST_REOPEN_WINDOW = timedelta(days=30)
 CommandT = TypeVar("CommandT", bound=Command)
@@ -178,8 +183,8 @@ class OpportunityWorkflow:
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 while self._has_work():
                     await self._flush()
-                # The next run is started by this code: it needs no patch markers.
-                workflow.continue_as_new(OpportunityInput(state=self.state, revision=REVISION_1))
+                # The next run is started by this code, at its revision: no patch markers.
+                workflow.continue_as_new(OpportunityInput(state=self.state, revision=REVISION))
             await self._wait_for_work()
 
     async def _wait_for_work(self) -> None:
