@@ -56,9 +56,11 @@ def test_every_stage_change_was_answered_and_its_rows_are_in_postgres(
         assert figures["figures"][variant]["count"] == DEALS * CHANGES
         assert figures["figures"][variant]["errors"] == 0
     assert figures["all_rows_in_postgres_when_answered"] is True
-    # Where each change's CPU went: the server, the worker and PostgreSQL all did work.
+    # Where each change's CPU went: the server and the worker did work; PostgreSQL is measured
+    # too (its share can stay under the 10 ms accounting tick at these sizes; its rows are above).
     spent = figures["cpu_ms_per_change"]["oppflow"]
     assert {"temporal server", "worker (oppflow)", "postgres"} <= set(spent)
+    assert spent["temporal server"] > 0 and spent["worker (oppflow)"] > 0
     assert spent["total"] >= spent["temporal server"] + spent["worker (oppflow)"]
 
 
