@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from contextlib import nullcontext
+from typing import Any
 
 import asyncpg
 from pydantic import TypeAdapter
@@ -36,7 +37,7 @@ ACQUIRE_TIMEOUT = 5.0
 # then its history rows from two JSON arrays, the changes ($25) and the hand-offs ($26),
 # each table taking its rows in order. Every write is idempotent on its business key; the
 # deal's row only moves forward (state_version).
-SAVE_BATCH = """
+_BATCH_CTES = """
 WITH opportunity AS (
     INSERT INTO opportunities (
         id, name, account, owner_id, stage, amount, close_date, probability, forecast_category,
@@ -89,6 +90,8 @@ WITH opportunity AS (
     WHERE jsonb_typeof(a) = 'object' ORDER BY n
     ON CONFLICT (opportunity_id, request_id) DO NOTHING
 )
+"""
+_SAVE_HANDOFFS = """
 INSERT INTO handoffs (id, opportunity_id, kind, title, team_role, assignee_id, stage, status,
     opened_at, due_at, finished_at, note)
 SELECT h->>'handoff_id', $1, h->>'kind', h->>'title', h->>'team_role', h->>'assignee_id', h->>'stage',
@@ -99,6 +102,29 @@ ON CONFLICT (id) DO UPDATE SET assignee_id = EXCLUDED.assignee_id, status = EXCL
     due_at = COALESCE(EXCLUDED.due_at, handoffs.due_at), finished_at = EXCLUDED.finished_at,
     note = EXCLUDED.note
 """
+SAVE_BATCH = _BATCH_CTES + _SAVE_HANDOFFS
+# The same, and a fired level's escalation rows ($27: the superseded levels', then the fired
+# one's), in one statement. The final SELECT sees the table as it was before the statement:
+# on a retry it finds the recipient the first attempt recorded.
+SAVE_BATCH_AND_ESCALATIONS = (
+    _BATCH_CTES
+    + ", saved_handoffs AS ("
+    + _SAVE_HANDOFFS
+    + """), fired AS (
+    INSERT INTO escalations (opportunity_id, subject, stage, stage_entry_seq, level, notify,
+        recipient_id, due_at, fired_at, status, webhook_id)
+    SELECT $1, e->>'subject', e->>'stage', (e->>'stage_entry_seq')::integer, (e->>'level')::integer,
+        e->>'notify', e->>'recipient_id', (e->>'due_at')::timestamptz, (e->>'fired_at')::timestamptz,
+        e->>'status', e->>'webhook_id'
+    FROM jsonb_array_elements($27::text::jsonb) WITH ORDINALITY AS w(e, n) ORDER BY n
+    ON CONFLICT (opportunity_id, subject, stage_entry_seq, level) DO NOTHING
+    RETURNING level
+)
+SELECT ARRAY(SELECT level FROM fired) AS inserted_levels,
+    (SELECT recipient_id FROM escalations WHERE opportunity_id = $1 AND subject = $28
+        AND stage_entry_seq = $29 AND level = $30) AS recorded_recipient
+"""
+)
 
 UPDATE_ESCALATIONS = """
 UPDATE escalations SET status = $4, note = COALESCE($5, note), updated_at = $6
@@ -130,6 +156,7 @@ MANAGER_OF = "SELECT manager_id FROM users WHERE id = $1"
 
 CHANGES_JSON = TypeAdapter(list[Change])
 HANDOFFS_JSON = TypeAdapter(list[Handoff])
+ESCALATION_ROWS_JSON = TypeAdapter(list[dict[str, Any]])
 
 ESCALATION_STATUSES_REPLACED = {
     "resolved": ["open", "snoozed", "acknowledged"],
@@ -141,6 +168,58 @@ ESCALATION_STATUSES_REPLACED = {
 def webhook_id_for(opportunity_id: str, subject: str, stage_entry_seq: int, level: int) -> str:
     key = f"{opportunity_id}|{subject}|{stage_entry_seq}|{level}"
     return "msg_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _batch_arguments(batch: PersistBatch) -> list[Any]:
+    """SAVE_BATCH's parameters $1-$26."""
+    row = batch.opportunity
+    return [
+        row.id,
+        row.name,
+        row.account,
+        row.owner_id,
+        row.stage,
+        row.amount,
+        row.close_date,
+        row.probability,
+        row.forecast_category,
+        row.is_closed,
+        row.is_won,
+        row.stage_entered_at,
+        row.stage_entry_seq,
+        row.escalation_level,
+        row.clock_paused,
+        row.next_escalation_at,
+        row.process_name,
+        row.process_version,
+        row.fields,
+        row.team,
+        row.last_activity_at,
+        row.created_at,
+        row.updated_at,
+        row.state_version,
+        CHANGES_JSON.dump_json(batch.changes).decode(),
+        HANDOFFS_JSON.dump_json(batch.handoffs).decode(),
+    ]
+
+
+def _escalation_row(
+    esc: RecordEscalation, level: int, notify: str, recipient: str | None, status: str
+) -> dict[str, Any]:
+    """One escalations row, in INSERT_ESCALATION's parameter order."""
+    return {
+        "opportunity_id": esc.opportunity_id,
+        "subject": esc.subject,
+        "stage": esc.stage,
+        "stage_entry_seq": esc.stage_entry_seq,
+        "level": level,
+        "notify": notify,
+        "recipient_id": recipient,
+        "due_at": esc.due_at,
+        "fired_at": esc.fired_at,
+        "status": status,
+        "webhook_id": webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, level),
+    }
 
 
 class OpportunityStore:
@@ -173,48 +252,27 @@ class OpportunityStore:
 
     @activity.defn(name="persist_escalation")
     async def persist_escalation(self, escalated: EscalatedBatch) -> EscalationRecorded:
-        """The deal's queued rows and the escalation row in one transaction (one local
-        activity per fired level)."""
-        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
-            await self._write_batch(conn, escalated.batch)
-            recorded = await self._write_escalation(conn, escalated.escalation)
-        metrics.observe_batch(escalated.batch)
+        """The deal's queued rows and the escalation rows, atomically (one local activity per
+        fired level): one statement, or a transaction when the batch also moves the statuses
+        of earlier escalations (those must change before the new level's row exists)."""
+        batch, esc = escalated.batch, escalated.escalation
+        updates_escalations = any(c.escalation_status is not None for c in batch.changes)
+        async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+            if updates_escalations or esc.opportunity_id != batch.opportunity.id:
+                async with conn.transaction():
+                    await self._write_batch(conn, batch)
+                    recorded = await self._write_escalation(conn, esc)
+            else:
+                recorded = await self._write_batch_and_escalation(conn, batch, esc)
+        metrics.observe_batch(batch)
         if recorded.newly_recorded:
-            metrics.observe_escalation(escalated.escalation)
+            metrics.observe_escalation(esc)
         _maybe_crash_after_commit()
         return recorded
 
     async def _write_batch(self, conn: asyncpg.Connection, batch: PersistBatch) -> None:
+        await conn.execute(SAVE_BATCH, *_batch_arguments(batch))
         row = batch.opportunity
-        await conn.execute(
-            SAVE_BATCH,
-            row.id,
-            row.name,
-            row.account,
-            row.owner_id,
-            row.stage,
-            row.amount,
-            row.close_date,
-            row.probability,
-            row.forecast_category,
-            row.is_closed,
-            row.is_won,
-            row.stage_entered_at,
-            row.stage_entry_seq,
-            row.escalation_level,
-            row.clock_paused,
-            row.next_escalation_at,
-            row.process_name,
-            row.process_version,
-            row.fields,
-            row.team,
-            row.last_activity_at,
-            row.created_at,
-            row.updated_at,
-            row.state_version,
-            CHANGES_JSON.dump_json(batch.changes).decode(),
-            HANDOFFS_JSON.dump_json(batch.handoffs).decode(),
-        )
         for change in batch.changes:
             if (es := change.escalation_status) is not None:
                 await conn.execute(
@@ -227,6 +285,27 @@ class OpportunityStore:
                     change.at,
                 )
 
+    async def _write_batch_and_escalation(
+        self, conn: asyncpg.Connection, batch: PersistBatch, esc: RecordEscalation
+    ) -> EscalationRecorded:
+        recipient = await self._recipient(conn, esc.notify, esc.owner_id, esc.assignee_id)
+        rows = [
+            *(_escalation_row(esc, level, "superseded", None, "superseded") for level in esc.superseded),
+            _escalation_row(esc, esc.level, esc.notify, recipient, "open"),
+        ]
+        result = await conn.fetchrow(
+            SAVE_BATCH_AND_ESCALATIONS,
+            *_batch_arguments(batch),
+            ESCALATION_ROWS_JSON.dump_json(rows).decode(),
+            esc.subject,
+            esc.stage_entry_seq,
+            esc.level,
+        )
+        newly_recorded = esc.level in result["inserted_levels"]
+        if not newly_recorded:  # a retry: answer what the first attempt recorded
+            recipient = result["recorded_recipient"]
+        return self._recorded(esc, recipient, newly_recorded)
+
     @activity.defn(name="record_escalation")
     async def record_escalation(self, esc: RecordEscalation) -> EscalationRecorded:
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn, conn.transaction():
@@ -236,37 +315,12 @@ class OpportunityStore:
         return recorded
 
     async def _write_escalation(self, conn: asyncpg.Connection, esc: RecordEscalation) -> EscalationRecorded:
-        webhook_id = webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, esc.level)
         recipient = await self._recipient(conn, esc.notify, esc.owner_id, esc.assignee_id)
         for level in esc.superseded:
-            await conn.execute(
-                INSERT_ESCALATION,
-                esc.opportunity_id,
-                esc.subject,
-                esc.stage,
-                esc.stage_entry_seq,
-                level,
-                "superseded",
-                None,
-                esc.due_at,
-                esc.fired_at,
-                "superseded",
-                webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, level),
-            )
-        inserted = await conn.fetchval(
-            INSERT_ESCALATION,
-            esc.opportunity_id,
-            esc.subject,
-            esc.stage,
-            esc.stage_entry_seq,
-            esc.level,
-            esc.notify,
-            recipient,
-            esc.due_at,
-            esc.fired_at,
-            "open",
-            webhook_id,
-        )
+            superseded = _escalation_row(esc, level, "superseded", None, "superseded")
+            await conn.execute(INSERT_ESCALATION, *superseded.values())
+        fired = _escalation_row(esc, esc.level, esc.notify, recipient, "open")
+        inserted = await conn.fetchval(INSERT_ESCALATION, *fired.values())
         if inserted is None:  # a retry: answer what the first attempt recorded
             recipient = await conn.fetchval(
                 "SELECT recipient_id FROM escalations WHERE opportunity_id = $1 AND subject = $2 "
@@ -276,6 +330,11 @@ class OpportunityStore:
                 esc.stage_entry_seq,
                 esc.level,
             )
+        return self._recorded(esc, recipient, inserted is not None)
+
+    def _recorded(
+        self, esc: RecordEscalation, recipient: str | None, newly_recorded: bool
+    ) -> EscalationRecorded:
         links: dict[str, str] = {}
         if self.public_url and self.link_secret and recipient and esc.subject == "stage":
             # fired_at, not now: a retried activity answers the same links.
@@ -290,8 +349,8 @@ class OpportunityStore:
             )
         return EscalationRecorded(
             recipient_id=recipient,
-            webhook_id=webhook_id,
-            newly_recorded=inserted is not None,
+            webhook_id=webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, esc.level),
+            newly_recorded=newly_recorded,
             links=links,
             deliver=bool(self.webhook_urls or esc.extra_webhooks),
         )

@@ -31,19 +31,14 @@ class TimedClient(OpportunityClient):
         super().__init__(*args, **kwargs)
         self.steps = StepTimes()
 
-    async def process_for(self, name: str | None) -> SalesProcess:
+    async def _process_and_managers(
+        self, process_name: str | None, owner_id: str
+    ) -> tuple[SalesProcess, list[str] | None]:
         began = time.perf_counter()
         try:
-            return await super().process_for(name)
+            return await super()._process_and_managers(process_name, owner_id)
         finally:
-            self.steps.add("process lookup (Postgres)", began)
-
-    async def _managers(self, user_id: str) -> list[str] | None:
-        began = time.perf_counter()
-        try:
-            return await super()._managers(user_id)
-        finally:
-            self.steps.add("owner chain (Postgres)", began)
+            self.steps.add("process version and owner chain (Postgres)", began)
 
     async def start(self, cmd: CreateOpportunity, process: SalesProcess, managers: list[str]) -> Created:
         began = time.perf_counter()

@@ -12,7 +12,12 @@ from typing import Any
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+from temporalio.worker import (
+    PollerBehaviorAutoscaling,
+    PollerBehaviorSimpleMaximum,
+    UnsandboxedWorkflowRunner,
+    Worker,
+)
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from starter.settings import Settings
@@ -36,6 +41,11 @@ EXPERIMENTS: dict[str, Callable[[dict[str, Any]], None]] = {
     "unsandboxed": lambda config: config.update(workflow_runner=UnsandboxedWorkflowRunner()),
     "sdk-task-slots": _sdk_task_slots,
     "domain-passthrough-only": _domain_passthrough_only,
+    "pollers-autoscaling": lambda config: config.update(
+        workflow_task_poller_behavior=PollerBehaviorAutoscaling()
+    ),
+    "pollers-even": lambda config: config.update(nonsticky_to_sticky_poll_ratio=1.0),
+    "pollers-10": lambda config: config.update(workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(10)),
     # Applied by WorkerProcess to the worker's environment (see worker_process.py).
     "bytecode-cache": lambda config: None,
 }

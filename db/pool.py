@@ -25,6 +25,16 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
         await connection.set_type_codec(type_name, encoder=_dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Return a connection to the pool as it is.
+
+    asyncpg rolls back an open transaction before calling this; its default reset then
+    sends ``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every release,
+    a round trip per query for state oppflow never sets (its advisory locks are
+    transaction-scoped, it does not LISTEN, keep cursors open or change settings).
+    """
+
+
 async def create_pool(
     database_url: str, min_size: int = 1, max_size: int = 10, *, command_timeout: float = COMMAND_TIMEOUT_S
 ) -> asyncpg.Pool:
@@ -34,6 +44,7 @@ async def create_pool(
         max_size=max_size,
         command_timeout=command_timeout,
         init=_init_connection,
+        reset=_keep_session,
         timeout=10.0,
     )
 

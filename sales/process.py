@@ -310,9 +310,23 @@ def shared(process: SalesProcess) -> SalesProcess:
 _unpacked: dict[str, SalesProcess] = {}
 
 
+_packed: dict[int, tuple[SalesProcess, str]] = {}
+
+
 def pack(process: SalesProcess) -> str:
-    """The definition as zlib-compressed JSON in base64 (``unpack`` reverses it)."""
-    return base64.b64encode(zlib.compress(process.model_dump_json().encode(), 9)).decode("ascii")
+    """The definition as zlib-compressed JSON in base64 (``unpack`` reverses it).
+
+    Each (frozen) process object is compressed once: a client packs the same published
+    version into every deal it creates.
+    """
+    found = _packed.get(id(process))
+    if found is not None and found[0] is process:  # the object is kept, so its id is not reused
+        return found[1]
+    packed = base64.b64encode(zlib.compress(process.model_dump_json().encode(), 9)).decode("ascii")
+    if len(_packed) >= 256:
+        _packed.clear()
+    _packed[id(process)] = (process, packed)
+    return packed
 
 
 def unpack(packed: str) -> SalesProcess:

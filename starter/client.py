@@ -8,7 +8,6 @@ required fields, the missing ones.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -95,6 +94,19 @@ def _build(model: type[C], **values: Any) -> C:
         raise rejected_from_validation(exc) from None
 
 
+# What a create reads, in one round trip: the owner and their managers up the org chart
+# (nearest first), and the current version of the deal's process.
+_PROCESS_AND_CHAIN = (
+    "WITH RECURSIVE chain(id, manager_id, depth) AS ("
+    " SELECT id, manager_id, 0 FROM users WHERE id = $1 UNION ALL"
+    " SELECT u.id, u.manager_id, c.depth + 1 FROM users u JOIN chain c ON u.id = c.manager_id"
+    " WHERE c.depth < 20)"
+    " SELECT (SELECT array_agg(id ORDER BY depth) FROM chain) AS chain, p.name, p.version, p.checksum"
+    " FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT name, version, checksum FROM sales_processes"
+    " WHERE name = $2 ORDER BY version DESC LIMIT 1) AS p ON true"
+)
+
+
 class OpportunityClient:
     def __init__(self, temporal: Client, pool: asyncpg.Pool, task_queue: str = "opportunities") -> None:
         self.temporal = temporal
@@ -112,16 +124,6 @@ class OpportunityClient:
             )
         return Actor(id=user_id, role=org_chart.primary_role(roles))
 
-    async def _managers(self, user_id: str) -> list[str] | None:
-        rows = await self.pool.fetch(
-            "WITH RECURSIVE chain(id, manager_id, depth) AS ("
-            " SELECT id, manager_id, 0 FROM users WHERE id = $1 UNION ALL"
-            " SELECT u.id, u.manager_id, c.depth + 1 FROM users u JOIN chain c ON u.id = c.manager_id"
-            " WHERE c.depth < 20) SELECT id FROM chain ORDER BY depth",
-            user_id,
-        )
-        return [r["id"] for r in rows[1:]] if rows else None
-
     # -- create ------------------------------------------------------------------------------
 
     async def process_for(self, name: str | None) -> SalesProcess:
@@ -135,6 +137,18 @@ class OpportunityClient:
             await processes.ensure_default(self.pool)
             process = await processes.latest(self.pool, name) or default_process()
         return process
+
+    async def _process_and_managers(
+        self, process_name: str | None, owner_id: str
+    ) -> tuple[SalesProcess, list[str] | None]:
+        """The process's current version and the owner's managers, in one statement."""
+        name = process_name or DEFAULT_PROCESS_NAME
+        row = await self.pool.fetchrow(_PROCESS_AND_CHAIN, owner_id, name)
+        process = await processes.load(self.pool, row if row["version"] is not None else None)
+        if process is None:  # nothing published under that name yet
+            process = await self.process_for(name)
+        chain = row["chain"]
+        return process, None if chain is None else list(chain[1:])
 
     async def create(
         self,
@@ -167,10 +181,7 @@ class OpportunityClient:
             fields=fields or {},
             process_name=process_name,
         )
-        # Both reads at once: one round trip of waiting instead of two.
-        process, managers = await asyncio.gather(
-            self.process_for(cmd.process_name), self._managers(cmd.owner_id)
-        )
+        process, managers = await self._process_and_managers(cmd.process_name, cmd.owner_id)
         if cmd.stage and not process.has_stage(cmd.stage):
             raise CommandRejected(
                 "unknown_stage", f"stage {cmd.stage!r} is not in process {process.name}", field_name="stage"

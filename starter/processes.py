@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -74,7 +76,8 @@ async def ensure_default(pool: asyncpg.Pool) -> Published:
 _parsed: dict[tuple[str, int, str], SalesProcess] = {}
 
 
-async def _load(pool: asyncpg.Pool, row: asyncpg.Record | None) -> SalesProcess | None:
+async def _load(pool: asyncpg.Pool, row: Mapping[str, Any] | None) -> SalesProcess | None:
+    """The parsed version a row of ``(name, version, checksum)`` names (None for no row)."""
     if row is None:
         return None
     key = (row["name"], row["version"], row["checksum"])
@@ -86,6 +89,9 @@ async def _load(pool: asyncpg.Pool, row: asyncpg.Record | None) -> SalesProcess 
         )
         _parsed[key] = SalesProcess.model_validate(definition)
     return _parsed[key]
+
+
+load = _load
 
 
 async def latest(pool: asyncpg.Pool, name: str) -> SalesProcess | None:

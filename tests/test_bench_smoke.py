@@ -70,11 +70,11 @@ def test_creation_measures_each_step_and_saves_every_deal(run: tuple[str, dict[s
         assert figures["figures"][variant]["count"] == CREATIONS
         assert figures["figures"][variant]["errors"] == 0
     assert set(figures["oppflow_step_mean_ms"]) == {
-        "process lookup (Postgres)",
-        "owner chain (Postgres)",
+        "process version and owner chain (Postgres)",
         "start_workflow (Temporal)",
     }
     assert len(figures["oppflow_all_rows_saved_s"]) == 1
+    assert figures["cpu_ms_per_creation"]["oppflow"]["temporal server"] > 0
 
 
 def test_every_storm_deal_escalated_once_not_before_it_was_due(run: tuple[str, dict[str, Any]]) -> None:
@@ -84,6 +84,7 @@ def test_every_storm_deal_escalated_once_not_before_it_was_due(run: tuple[str, d
         assert variant["rows"] == STORM
         assert variant["fired_lateness_p50_ms"] >= 0
         assert variant["all_rows_after_due_s"] > 0
+        assert variant["cpu_ms_per_escalation"]["temporal server"] > 0
 
 
 def test_open_deals_are_served_again_by_a_restarted_worker(run: tuple[str, dict[str, Any]]) -> None:

@@ -121,6 +121,21 @@ async def test_pool_json_codec_and_fail_fast_acquire(postgres_url: str, db_pool:
         await pool.close()
 
 
+async def test_a_connection_left_in_a_transaction_comes_back_rolled_back(postgres_url: str) -> None:
+    """The pool skips asyncpg's session reset query; an abandoned transaction is still undone."""
+    pool = await create_pool(postgres_url, min_size=1, max_size=1)
+    try:
+        async with acquire(pool) as conn:
+            await conn.execute("CREATE TEMP TABLE IF NOT EXISTS pool_probe (n int)")
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO pool_probe VALUES (1)")
+        async with acquire(pool) as conn:  # the same (only) connection
+            assert not conn.is_in_transaction()
+            assert await conn.fetchval("SELECT count(*) FROM pool_probe") == 0
+    finally:
+        await pool.close()
+
+
 async def test_search_attribute_registration_is_idempotent(temporal_env: WorkflowEnvironment) -> None:
     client = temporal_env.client
     assert await register_search_attributes(client, "default") == []

@@ -19,12 +19,13 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.persistence import OpportunityStore
 from sales.durations import add_business_days
-from sales.records import RecordEscalation
+from sales.records import EscalatedBatch, EscalationRecorded, OpportunityRow, PersistBatch, RecordEscalation
 from starter import escalation_check
 from starter.client import workflow_id
 from starter.settings import Settings
 from tests.helpers import assert_eq_eventually, start_time_skipping_server
 from tests.sales_team import App, running_app
+from tests.unit.factories import deal
 from tests.webhook_receiver import Receiver, webhook_receiver
 
 SECRET = "whsec_" + base64.b64encode(b"oppflow-test-secret-0123456789ab").decode()
@@ -305,32 +306,64 @@ async def test_without_an_endpoint_the_escalation_is_recorded_and_nothing_is_sen
         assert state["escalation_level"] == 1
 
 
-async def test_a_retried_escalation_write_records_one_row_with_one_webhook_id(app: App) -> None:
-    opp, _ = await new_deal(app)
+def manager_level(
+    app: App, opp: str, level: int = 1, superseded: list[int] | None = None
+) -> RecordEscalation:
+    """Level ``level`` of the deal's first stage entry, due and fired now, to the owner's manager."""
     now = datetime.now(UTC)
-    record = RecordEscalation(
+    return RecordEscalation(
         opportunity_id=opp,
         opportunity_name="x",
         account="y",
         stage="Prospecting",
         stage_entry_seq=1,
         stage_entered_at=now,
-        level=1,
+        level=level,
         notify="manager",
         owner_id=app.team.id("rep"),
         due_at=now,
         fired_at=now,
+        superseded=superseded or [],
     )
+
+
+# persist_escalation writes the deal's rows and the level's in one statement; record_escalation
+# is the separate activity that histories from before it still replay.
+@pytest.mark.parametrize("write", ["persist_escalation", "record_escalation"])
+async def test_a_retried_escalation_write_records_its_rows_once_with_one_webhook_id(
+    app: App, write: str
+) -> None:
+    opp, _ = await new_deal(app)
+    await assert_eq_eventually(
+        1, lambda: app.pool.fetchval("SELECT count(*) FROM opportunities WHERE id = $1", opp)
+    )
+    record = manager_level(app, opp, level=2, superseded=[1])
+    version = await app.pool.fetchval("SELECT state_version FROM opportunities WHERE id = $1", opp) + 1
+    state = deal(opportunity_id=opp, owner_id=app.team.id("rep"))
+    state.clock.level = 2
+    rows = PersistBatch(opportunity=OpportunityRow.of(state, version), changes=[])
     store = OpportunityStore(app.pool)
-    first = await store.record_escalation(record)
+
+    async def fire() -> EscalationRecorded:
+        if write == "record_escalation":
+            return await store.record_escalation(record)
+        return await store.persist_escalation(EscalatedBatch(batch=rows, escalation=record))
+
+    first = await fire()
     await app.pool.execute(
         "UPDATE users SET manager_id = $1 WHERE id = $2", app.team.id("othermgr"), app.team.id("rep")
     )
-    retry = await store.record_escalation(record)
+    retry = await fire()
+
     assert (first.newly_recorded, retry.newly_recorded) == (True, False)
     assert retry.webhook_id == first.webhook_id
     assert retry.recipient_id == first.recipient_id == app.team.id("mgr")
-    assert len(await ladder(app, opp)) == 1
+    assert await ladder(app, opp) == [(1, None, "superseded"), (2, app.team.id("mgr"), "open")]
+    if write == "persist_escalation":
+        saved = await app.pool.fetchrow(
+            "SELECT escalation_level, state_version FROM opportunities WHERE id = $1", opp
+        )
+        assert (saved["escalation_level"], saved["state_version"]) == (2, version)
 
 
 async def test_overdue_escalations_are_found_and_re_armed(
