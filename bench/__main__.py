@@ -113,19 +113,19 @@ async def run(scenarios: list[str], sizes: Sizes, keep: bool = False) -> dict[st
             try:
                 results["scenarios"][name] = await SCENARIOS[name](stack, sizes)
             except Stalled as stalled:
-                progress(f"{name} stopped: {stalled}; see the logs in {stack.workdir}")
+                stack.keep_files = True
+                progress(f"{name} stopped: {stalled}; logs kept in {stack.workdir}")
                 results["stalled"] = {"scenario": name, "error": str(stalled)}
                 break
             except Exception as exc:  # the other scenarios' figures are still worth having
-                progress(f"{name} failed: {exc!r}; see the logs in {stack.workdir}")
+                stack.keep_files = True
+                progress(f"{name} failed: {exc!r}; logs kept in {stack.workdir}")
                 results.setdefault("failed", {})[name] = repr(exc)
                 continue
             results["scenarios"][name]["scenario_seconds"] = round(time.perf_counter() - began, 1)
             figures = json_line(results["scenarios"][name])
             progress(f"{name} done in {time.perf_counter() - began:.0f}s: {figures}")
     results["machine"] = machine()
-    if "stalled" in results and not keep:
-        progress("rerun with --keep to look at the worker and server logs")
     return results
 
 

@@ -71,6 +71,7 @@ class Stack:
     client: Client
     pool: asyncpg.Pool
     workers: list[WorkerProcess] = field(default_factory=list)
+    keep_files: bool = False  # set when a scenario failed: its logs are worth reading
 
     async def start_worker(
         self,
@@ -99,9 +100,14 @@ class Stack:
 async def bench_stack(keep: bool = False) -> AsyncIterator[Stack]:
     """Everything in a fresh temporary directory, removed afterwards unless ``keep``."""
     workdir = Path(tempfile.mkdtemp(prefix="oppflow-bench-"))
+    made: list[Stack] = []
+
+    def remove_workdir() -> None:
+        if not (keep or any(stack.keep_files for stack in made)):
+            shutil.rmtree(workdir, ignore_errors=True)
+
     async with AsyncExitStack() as exits:
-        if not keep:
-            exits.callback(shutil.rmtree, workdir, ignore_errors=True)
+        exits.callback(remove_workdir)
         database = await asyncio.to_thread(start_embedded_postgres, workdir / "pgdata")
         exits.push_async_callback(asyncio.to_thread, database.stop)
         await asyncio.to_thread(upgrade, database.url)
@@ -123,6 +129,7 @@ async def bench_stack(keep: bool = False) -> AsyncIterator[Stack]:
         await processes.ensure_default(pool)  # as `oppflow dev` and `oppflow migrate` do
 
         stack = Stack(workdir, server.address, database.url, client, pool)
+        made.append(stack)
         try:
             yield stack
         finally:

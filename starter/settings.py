@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     temporal_ui_port: int = 8233
     db_pool_min: int = 1
     db_pool_max: int = 10
-    # Open deals a worker keeps in memory (about 150 KiB each); beyond it, a deal is replayed
+    # Open deals a worker keeps in memory (about 125 KiB each); beyond it, a deal is replayed
     # from its history when it next gets a message.
     max_cached_workflows: int = Field(default=5000, ge=0)
     # Workflow tasks a worker runs at once; more only queue up inside the worker and time out.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from bench.scenarios import BARE_UPDATES
+from bench.stack import bench_stack
 
 # About 45 s on an idle 2-core machine (its own server and Postgres), 100 s on a busy one.
 pytestmark = pytest.mark.slow
@@ -102,3 +104,12 @@ def test_open_deals_beyond_the_production_cache_are_all_served(run: tuple[str, d
         assert production["warm_get_state"]["count"] == OPEN and production["warm_get_state"]["errors"] == 0
         assert production["warm_get_state_one_caller"]["errors"] == 0
         assert production["rss_mib"] > 0
+
+
+async def test_a_stack_whose_scenario_failed_keeps_its_directory_for_the_logs() -> None:
+    async with bench_stack() as stack:
+        stack.keep_files = True  # what `python -m bench` sets when a scenario fails or stalls
+    try:
+        assert (stack.workdir / "temporal.log").is_file()
+    finally:
+        shutil.rmtree(stack.workdir)
