@@ -30,6 +30,7 @@ from sales.records import (
 from sales.state import Handoff
 from starter import metrics
 from starter.action_links import links_for
+from starter.org_chart import CHAIN_OF
 
 ACQUIRE_TIMEOUT = 5.0
 
@@ -140,15 +141,7 @@ ON CONFLICT (opportunity_id, subject, stage_entry_seq, level) DO NOTHING
 RETURNING id
 """
 
-MANAGEMENT_CHAIN = """
-WITH RECURSIVE chain(id, manager_id, depth) AS (
-    SELECT id, manager_id, 0 FROM users WHERE id = $1
-    UNION ALL
-    SELECT u.id, u.manager_id, c.depth + 1 FROM users u JOIN chain c ON u.id = c.manager_id
-    WHERE c.depth < 20
-)
-SELECT id FROM chain ORDER BY depth
-"""
+MANAGEMENT_CHAIN = CHAIN_OF + "SELECT id FROM chain ORDER BY depth"
 
 # Resolution of the ladder's ``notify`` to a person, at the moment the level fires.
 SALES_OPS = "SELECT id FROM users WHERE 'admin' = ANY(roles) ORDER BY id LIMIT 1"

@@ -96,12 +96,8 @@ def _build(model: type[C], **values: Any) -> C:
 
 # What a create reads, in one round trip: the owner and their managers up the org chart
 # (nearest first), and the current version of the deal's process.
-_PROCESS_AND_CHAIN = (
-    "WITH RECURSIVE chain(id, manager_id, depth) AS ("
-    " SELECT id, manager_id, 0 FROM users WHERE id = $1 UNION ALL"
-    " SELECT u.id, u.manager_id, c.depth + 1 FROM users u JOIN chain c ON u.id = c.manager_id"
-    " WHERE c.depth < 20)"
-    " SELECT (SELECT array_agg(id ORDER BY depth) FROM chain) AS chain, p.name, p.version, p.checksum"
+_PROCESS_AND_CHAIN = org_chart.CHAIN_OF + (
+    "SELECT (SELECT array_agg(id ORDER BY depth) FROM chain) AS chain, p.name, p.version, p.checksum"
     " FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT name, version, checksum FROM sales_processes"
     " WHERE name = $2 ORDER BY version DESC LIMIT 1) AS p ON true"
 )

@@ -15,6 +15,17 @@ from sales.messages import Identifier
 
 ROLE_PRIORITY = ("admin", "manager", "automation", "rep")
 
+# The person ($1) and their managers up the chart, as ``chain(id, manager_id, depth)``
+# (the person at depth 0); a statement goes on with its own SELECT from ``chain``.
+CHAIN_OF = """
+WITH RECURSIVE chain(id, manager_id, depth) AS (
+    SELECT id, manager_id, 0 FROM users WHERE id = $1
+    UNION ALL
+    SELECT u.id, u.manager_id, c.depth + 1 FROM users u JOIN chain c ON u.id = c.manager_id
+    WHERE c.depth < 20
+)
+"""
+
 
 class Person(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -76,7 +76,7 @@ async def ensure_default(pool: asyncpg.Pool) -> Published:
 _parsed: dict[tuple[str, int, str], SalesProcess] = {}
 
 
-async def _load(pool: asyncpg.Pool, row: Mapping[str, Any] | None) -> SalesProcess | None:
+async def load(pool: asyncpg.Pool, row: Mapping[str, Any] | None) -> SalesProcess | None:
     """The parsed version a row of ``(name, version, checksum)`` names (None for no row)."""
     if row is None:
         return None
@@ -91,22 +91,19 @@ async def _load(pool: asyncpg.Pool, row: Mapping[str, Any] | None) -> SalesProce
     return _parsed[key]
 
 
-load = _load
-
-
 async def latest(pool: asyncpg.Pool, name: str) -> SalesProcess | None:
     row = await pool.fetchrow(
         "SELECT name, version, checksum FROM sales_processes WHERE name = $1 ORDER BY version DESC LIMIT 1",
         name,
     )
-    return await _load(pool, row)
+    return await load(pool, row)
 
 
 async def get_version(pool: asyncpg.Pool, name: str, version: int) -> SalesProcess | None:
     row = await pool.fetchrow(
         "SELECT name, version, checksum FROM sales_processes WHERE name = $1 AND version = $2", name, version
     )
-    return await _load(pool, row)
+    return await load(pool, row)
 
 
 async def list_versions(pool: asyncpg.Pool) -> list[asyncpg.Record]:
