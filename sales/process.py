@@ -304,17 +304,32 @@ def shared(process: SalesProcess) -> SalesProcess:
     return _shared.setdefault(key, process)
 
 
-# A packed definition is what a new deal's start request carries: a quarter of the JSON's
-# size. The worker keeps every start request's payload for as long as the deal is cached,
-# so this is memory per open deal, and bytes the server stores for every deal created.
+# A packed definition is what a new deal's start request carries. The worker keeps every
+# start request's payload for as long as the deal is cached, so its size is memory per
+# open deal, and bytes the server stores for every deal created. It is compressed against
+# a preset dictionary (the shipped processes' JSON): a definition close to a shipped one
+# packs to about a hundred characters instead of two thousand.
+PACKING_FOLDER = Path(__file__).parent / "packing"
+# Frozen: running deals' start requests name their dictionary and replay unpacks them with
+# it. A new dictionary gets the next number; the old files stay.
+PACKING_DICTIONARY = 1
+_dictionaries: dict[int, bytes] = {}
+
 _unpacked: dict[str, SalesProcess] = {}
-
-
 _packed: dict[int, tuple[SalesProcess, str]] = {}
 
 
+def packing_dictionary(number: int) -> bytes:
+    found = _dictionaries.get(number)
+    if found is None:
+        found = (PACKING_FOLDER / f"dictionary-{number}.jsonl").read_bytes()
+        _dictionaries[number] = found
+    return found
+
+
 def pack(process: SalesProcess) -> str:
-    """The definition as zlib-compressed JSON in base64 (``unpack`` reverses it).
+    """``d<dictionary>:`` and the definition's JSON, zlib-compressed against that preset
+    dictionary, in base64 (``unpack`` reverses it).
 
     Each (frozen) process object is compressed once: a client packs the same published
     version into every deal it creates.
@@ -322,17 +337,27 @@ def pack(process: SalesProcess) -> str:
     found = _packed.get(id(process))
     if found is not None and found[0] is process:  # the object is kept, so its id is not reused
         return found[1]
-    packed = base64.b64encode(zlib.compress(process.model_dump_json().encode(), 9)).decode("ascii")
+    compressor = zlib.compressobj(9, zdict=packing_dictionary(PACKING_DICTIONARY))
+    data = compressor.compress(process.model_dump_json().encode()) + compressor.flush()
+    packed = f"d{PACKING_DICTIONARY}:{base64.b64encode(data).decode('ascii')}"
     if len(_packed) >= 256:
         _packed.clear()
     _packed[id(process)] = (process, packed)
     return packed
 
 
+def _unpacked_json(packed: str) -> bytes:
+    prefix, separator, text = packed.partition(":")
+    if not separator:  # packed before dictionaries: plain zlib (base64 has no colon)
+        return zlib.decompress(base64.b64decode(packed))
+    decompressor = zlib.decompressobj(zdict=packing_dictionary(int(prefix.removeprefix("d"))))
+    return decompressor.decompress(base64.b64decode(text)) + decompressor.flush()
+
+
 def unpack(packed: str) -> SalesProcess:
     """The shared object for a packed definition; each distinct one is parsed once."""
     found = _unpacked.get(packed)
     if found is None:
-        found = shared(SalesProcess.model_validate_json(zlib.decompress(base64.b64decode(packed))))
+        found = shared(SalesProcess.model_validate_json(_unpacked_json(packed)))
         _unpacked[packed] = found
     return found

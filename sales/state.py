@@ -136,7 +136,7 @@ class OpportunityInput(BaseModel):
     create: CreateOpportunity | None = None
     process: SalesProcess | None = None
     packed_process: str | None = Field(
-        default=None, description="the pinned process definition: zlib-compressed JSON, base64"
+        default=None, description="the pinned process definition, packed by sales.process.pack"
     )
     owner_managers: list[str] = Field(default_factory=list)
     state: OpportunityState | None = None

@@ -76,6 +76,7 @@ def test_creation_measures_each_step_and_saves_every_deal(run: tuple[str, dict[s
         "start_workflow (Temporal)",
     }
     assert len(figures["oppflow_all_rows_saved_s"]) == 1
+    assert len(figures["bare_all_first_tasks_done_s"]) == 1
     assert figures["cpu_ms_per_creation"]["oppflow"]["temporal server"] > 0
 
 

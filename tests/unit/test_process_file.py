@@ -1,5 +1,9 @@
 """Process files as sales ops write them: validated, with errors that point at the line."""
 
+import base64
+import hashlib
+import zlib
+
 import pytest
 
 from sales import process
@@ -86,3 +90,28 @@ def test_a_packed_definition_unpacks_to_one_shared_equal_process() -> None:
     assert first == original
     assert first is again  # deals pinned to one version share one object
     assert process.shared(first) is first
+
+
+def test_a_shipped_process_packs_to_about_a_hundred_characters_and_an_edited_one_still_unpacks() -> None:
+    shipped = default_process()
+    assert len(process.pack(shipped)) < 200  # was 2,024 without the preset dictionary
+    edited = shipped.model_copy(update={"name": "enterprise", "version": 7, "description": "Edited"})
+    packed = process.pack(edited)
+    assert packed.startswith(f"d{process.PACKING_DICTIONARY}:")
+    assert process.unpack(packed) == edited
+
+
+def test_a_definition_packed_before_dictionaries_still_unpacks() -> None:
+    # What deals started before the dictionary carry: plain zlib in base64.
+    original = default_process().model_copy(update={"version": 3})
+    older = base64.b64encode(zlib.compress(original.model_dump_json().encode(), 9)).decode("ascii")
+    assert process.unpack(older) == original
+
+
+def test_the_packing_dictionary_is_never_edited() -> None:
+    # Running deals unpack their start input with it on every replay: a new dictionary is
+    # a new file and a new PACKING_DICTIONARY number.
+    text = (process.PACKING_FOLDER / "dictionary-1.jsonl").read_bytes()
+    assert hashlib.sha256(text).hexdigest() == (
+        "a0f97a7619599bbf72ee3a1e37f2aa5b0fff88504381d05546bd0f91896a092a"
+    )
