@@ -46,6 +46,9 @@ EXPERIMENTS: dict[str, Callable[[dict[str, Any]], None]] = {
     ),
     "pollers-even": lambda config: config.update(nonsticky_to_sticky_poll_ratio=1.0),
     "pollers-10": lambda config: config.update(workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(10)),
+    "task-slots-50": lambda config: config.update(max_concurrent_workflow_tasks=50),
+    "task-slots-20": lambda config: config.update(max_concurrent_workflow_tasks=20),
+    "task-slots-10": lambda config: config.update(max_concurrent_workflow_tasks=10),
     # Applied by WorkerProcess to the worker's environment (see worker_process.py).
     "bytecode-cache": lambda config: None,
 }
