@@ -55,6 +55,9 @@ def build_worker(
     )
     options.setdefault("max_cached_workflows", settings.max_cached_workflows)
     options.setdefault("max_concurrent_workflow_tasks", settings.max_concurrent_workflow_tasks)
+    options.setdefault(
+        "sticky_queue_schedule_to_start_timeout", timedelta(seconds=settings.sticky_queue_timeout_seconds)
+    )
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,

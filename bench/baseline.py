@@ -153,6 +153,9 @@ def build_baseline_worker(client: Client, pool: asyncpg.Pool, task_queue: str, *
     options.setdefault("max_concurrent_local_activities", defaults.db_pool_max * 2)
     options.setdefault("max_concurrent_workflow_tasks", defaults.max_concurrent_workflow_tasks)
     options.setdefault("max_cached_workflows", defaults.max_cached_workflows)
+    options.setdefault(
+        "sticky_queue_schedule_to_start_timeout", timedelta(seconds=defaults.sticky_queue_timeout_seconds)
+    )
     options.setdefault("workflow_runner", SANDBOX)
     options.setdefault("graceful_shutdown_timeout", timedelta(seconds=10))
     return Worker(

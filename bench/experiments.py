@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -46,6 +47,9 @@ EXPERIMENTS: dict[str, Callable[[dict[str, Any]], None]] = {
     ),
     "pollers-even": lambda config: config.update(nonsticky_to_sticky_poll_ratio=1.0),
     "pollers-10": lambda config: config.update(workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(10)),
+    # A task that waited longer than this on the worker's sticky queue moves to the
+    # normal queue, and the worker replays the deal from its whole history.
+    "sticky-60s": lambda config: config.update(sticky_queue_schedule_to_start_timeout=timedelta(seconds=60)),
     "task-slots-50": lambda config: config.update(max_concurrent_workflow_tasks=50),
     "task-slots-20": lambda config: config.update(max_concurrent_workflow_tasks=20),
     "task-slots-10": lambda config: config.update(max_concurrent_workflow_tasks=10),

@@ -313,11 +313,27 @@ async def _storm_round(stack: Stack, sizes: Sizes, kind: str) -> dict[str, Any]:
         await poll_until(lambda: _count_rows(stack, sql, ids, n), timeout=600, interval=0.25)
     rows = await stack.pool.fetch(sql, ids)
     figures = _storm_figures(rows, due, n, created_s)
+    workflow_ids = ids if kind != "oppflow" else [f"opportunity-{i}" for i in ids]
+    figures["task_timed_out_in_sample"] = await _timed_out_tasks(stack, workflow_ids)
     figures["cpu_ms_per_escalation"] = spent.per_call_ms(n)
     figures["idle_before_due_s"] = round(idle_before_due_s, 1)
     figures["stuck_after_s"] = stuck
     figures["created_after_due"] = created_s > stuck
     return figures
+
+
+async def _timed_out_tasks(stack: Stack, workflow_ids: list[str], sample: int = 100) -> dict[str, int]:
+    """How many of a sample of deals had a workflow task time out, most often one that
+    waited past the sticky queue's timeout and went to the normal queue: the worker then
+    replays the deal from its whole history."""
+    chosen = random.Random(7).sample(workflow_ids, min(sample, len(workflow_ids)))
+    shapes = [await _history_shape(stack, workflow_id) for workflow_id in chosen]
+    timed_out = [shape["by_type"].get("WORKFLOW_TASK_TIMED_OUT", 0) for shape in shapes]
+    return {
+        "deals": len(chosen),
+        "with_a_timed_out_task": sum(1 for t in timed_out if t),
+        "tasks": sum(timed_out),
+    }
 
 
 async def _count_rows(stack: Stack, sql: str, ids: list[str], n: int) -> bool:

@@ -33,11 +33,16 @@ class Settings(BaseSettings):
     temporal_ui_port: int = 8233
     db_pool_min: int = 1
     db_pool_max: int = 10
-    # Open deals a worker keeps in memory (about 125 KiB each); beyond it, a deal is replayed
+    # Open deals a worker keeps in memory (about 115 KiB each); beyond it, a deal is replayed
     # from its history when it next gets a message.
     max_cached_workflows: int = Field(default=5000, ge=0)
     # Workflow tasks a worker runs at once; more only queue up inside the worker and time out.
     max_concurrent_workflow_tasks: int = Field(default=50, ge=2)
+    # How long a cached deal's next task waits for this worker before Temporal hands it to
+    # any worker, which replays the deal from its history (the SDK's default, 10 s). Longer
+    # saves those replays when a burst (a storm of due deals) queues more work than that;
+    # shorter moves a crashed worker's deals sooner (docs/performance.md, the storm).
+    sticky_queue_timeout_seconds: float = Field(default=10.0, gt=0)
     # The SDK's workflow sandbox guards workflow code against non-deterministic calls. Off,
     # a worker handles about 40% more stage changes (docs/performance.md); the replay
     # tests are then the only guard.

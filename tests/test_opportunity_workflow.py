@@ -6,12 +6,14 @@ import asyncio
 import json
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import pytest
 import pytest_asyncio
+from pydantic import ValidationError
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -354,6 +356,21 @@ async def test_deals_created_and_read_at_once_replay_from_their_histories(app: A
     deals = await asyncio.gather(*(create_and_read() for _ in range(60)))
     failures = [f for f in await asyncio.gather(*(replay_failure(app, opp) for opp in deals)) if f]
     assert failures == []
+
+
+async def test_the_sticky_queue_timeout_is_a_worker_setting_and_must_be_positive(
+    temporal_env: WorkflowEnvironment, db_pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPPFLOW_STICKY_QUEUE_TIMEOUT_SECONDS", "30")
+    settings = Settings(_env_file=None)
+    config = build_worker(temporal_env.client, db_pool, settings, task_queue="unpolled-sticky").config()
+    assert config["sticky_queue_schedule_to_start_timeout"] == timedelta(seconds=30)
+    assert Settings(_env_file=None).sticky_queue_timeout_seconds == 30
+    monkeypatch.delenv("OPPFLOW_STICKY_QUEUE_TIMEOUT_SECONDS")
+    assert Settings(_env_file=None).sticky_queue_timeout_seconds == 10  # the SDK's default
+    monkeypatch.setenv("OPPFLOW_STICKY_QUEUE_TIMEOUT_SECONDS", "0")
+    with pytest.raises(ValidationError, match=r"sticky_queue_timeout_seconds\n.*greater than 0"):
+        Settings(_env_file=None)
 
 
 async def test_a_worker_without_the_sandbox_runs_deals_the_same(
