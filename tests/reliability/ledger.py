@@ -170,19 +170,24 @@ async def settled(
     """Wait until every deal has written all it holds to Postgres; answer the seconds that took."""
     began = time.monotonic()
     pending = set(opportunity_ids)
+    why: dict[str, str] = {}  # what the last look at a pending deal saw
     while pending:
         for opp in list(pending):
             try:
                 state = await client.get_workflow_handle(workflow_id(opp)).query("get_state")
-            except RPCError:
+            except RPCError as exc:
+                why[opp] = f"query failed: {exc}"[:300]
                 continue
             if state["pending_writes"] == 0 and await written(pool, opp, state):
                 pending.discard(opp)
+            else:
+                saved = await pool.fetchval("SELECT updated_at FROM opportunities WHERE id = $1", opp)
+                pending_writes, changed = state["pending_writes"], state["updated_at"]
+                why[opp] = f"pending_writes={pending_writes}, state {changed}, row {saved}"
         if pending:
             if time.monotonic() - began > timeout:
-                raise AssertionError(
-                    f"{len(pending)} deals not written after {timeout:g}s: {sorted(pending)[:5]}"
-                )
+                stuck = {opp: why.get(opp, "never looked at") for opp in sorted(pending)[:5]}
+                raise AssertionError(f"{len(pending)} deals not written after {timeout:g}s: {stuck}")
             await asyncio.sleep(0.5)
     return time.monotonic() - began
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from pathlib import Path
 
@@ -69,7 +70,16 @@ async def test_sigkilled_workers_lose_nothing_and_apply_nothing_twice(
         await killer
     elapsed = time.monotonic() - began
 
-    verdict = await verify(ledger, rel_client, rel_pool)
+    try:
+        verdict = await verify(ledger, rel_client, rel_pool)
+    except AssertionError as failure:  # keep what the workers logged about the deals named
+        named = set(re.findall(r"rel-[0-9a-f]+", str(failure)))
+        lines = [
+            line
+            for line in fleet.logs().splitlines()
+            if any(opp in line for opp in named) or "Traceback" in line or "deadlock" in line
+        ]
+        raise AssertionError(f"{failure}\nworker log:\n" + "\n".join(lines[-40:])) from None
     health = await workflow_health(rel_client, fleet.task_queue)
     report(
         "worker_sigkill",
