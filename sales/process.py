@@ -313,18 +313,14 @@ PACKING_FOLDER = Path(__file__).parent / "packing"
 # Frozen: running deals' start requests name their dictionary and replay unpacks them with
 # it. A new dictionary gets the next number; the old files stay.
 PACKING_DICTIONARY = 1
-_dictionaries: dict[int, bytes] = {}
+# Read when the module is imported (a worker imports it before any workflow runs), so
+# workflow code never reads a file.
+PACKING_DICTIONARIES: dict[int, bytes] = {
+    number: (PACKING_FOLDER / f"dictionary-{number}.jsonl").read_bytes() for number in (1,)
+}
 
 _unpacked: dict[str, SalesProcess] = {}
 _packed: dict[int, tuple[SalesProcess, str]] = {}
-
-
-def packing_dictionary(number: int) -> bytes:
-    found = _dictionaries.get(number)
-    if found is None:
-        found = (PACKING_FOLDER / f"dictionary-{number}.jsonl").read_bytes()
-        _dictionaries[number] = found
-    return found
 
 
 def pack(process: SalesProcess) -> str:
@@ -337,7 +333,7 @@ def pack(process: SalesProcess) -> str:
     found = _packed.get(id(process))
     if found is not None and found[0] is process:  # the object is kept, so its id is not reused
         return found[1]
-    compressor = zlib.compressobj(9, zdict=packing_dictionary(PACKING_DICTIONARY))
+    compressor = zlib.compressobj(9, zdict=PACKING_DICTIONARIES[PACKING_DICTIONARY])
     data = compressor.compress(process.model_dump_json().encode()) + compressor.flush()
     packed = f"d{PACKING_DICTIONARY}:{base64.b64encode(data).decode('ascii')}"
     if len(_packed) >= 256:
@@ -350,7 +346,8 @@ def _unpacked_json(packed: str) -> bytes:
     prefix, separator, text = packed.partition(":")
     if not separator:  # packed before dictionaries: plain zlib (base64 has no colon)
         return zlib.decompress(base64.b64decode(packed))
-    decompressor = zlib.decompressobj(zdict=packing_dictionary(int(prefix.removeprefix("d"))))
+    # A dictionary this worker does not know fails the task until a newer worker takes it.
+    decompressor = zlib.decompressobj(zdict=PACKING_DICTIONARIES[int(prefix.removeprefix("d"))])
     return decompressor.decompress(base64.b64decode(text)) + decompressor.flush()
 
 

@@ -106,6 +106,8 @@ def test_a_definition_packed_before_dictionaries_still_unpacks() -> None:
     original = default_process().model_copy(update={"version": 3})
     older = base64.b64encode(zlib.compress(original.model_dump_json().encode(), 9)).decode("ascii")
     assert process.unpack(older) == original
+    with pytest.raises(KeyError):  # a newer starter's dictionary: the task waits for a newer worker
+        process.unpack("d99:" + older)
 
 
 def test_the_packing_dictionary_is_never_edited() -> None:
