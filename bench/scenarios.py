@@ -25,7 +25,7 @@ from bench.processes import STAGES_PROCESS, STORM_PROCESS, stage_name, stages_pr
 from bench.stack import Stack, owner_id, rep
 from bench.worker_process import WorkerProcess
 from starter import processes
-from starter.client import OpportunityClient
+from starter.client import OpportunityClient, workflow_id
 from starter.settings import Settings
 
 OPPFLOW_QUEUE = "bench-oppflow"
@@ -313,7 +313,7 @@ async def _storm_round(stack: Stack, sizes: Sizes, kind: str) -> dict[str, Any]:
         await poll_until(lambda: _count_rows(stack, sql, ids, n), timeout=600, interval=0.25)
     rows = await stack.pool.fetch(sql, ids)
     figures = _storm_figures(rows, due, n, created_s)
-    workflow_ids = ids if kind != "oppflow" else [f"opportunity-{i}" for i in ids]
+    workflow_ids = ids if kind != "oppflow" else [workflow_id(i) for i in ids]
     figures["task_timed_out_in_sample"] = await _timed_out_tasks(stack, workflow_ids)
     figures["cpu_ms_per_escalation"] = spent.per_call_ms(n)
     figures["idle_before_due_s"] = round(idle_before_due_s, 1)

@@ -155,12 +155,6 @@ class Verdict:
         assert not shown, f"oracle found {self.figures}: {shown}"
 
 
-async def written(pool: asyncpg.Pool, opp: str, state: dict[str, Any]) -> bool:
-    """The deal's row in ``opportunities`` carries the state's last change."""
-    saved = await pool.fetchval("SELECT updated_at FROM opportunities WHERE id = $1", opp)
-    return saved is not None and saved >= datetime.fromisoformat(state["updated_at"])
-
-
 async def settled(
     client: Client,
     pool: asyncpg.Pool,
@@ -178,12 +172,13 @@ async def settled(
             except RPCError as exc:
                 why[opp] = f"query failed: {exc}"[:300]
                 continue
-            if state["pending_writes"] == 0 and await written(pool, opp, state):
+            # Settled: nothing queued, and the deal's row carries the state's last change.
+            saved = await pool.fetchval("SELECT updated_at FROM opportunities WHERE id = $1", opp)
+            changed = datetime.fromisoformat(state["updated_at"])
+            if state["pending_writes"] == 0 and saved is not None and saved >= changed:
                 pending.discard(opp)
             else:
-                saved = await pool.fetchval("SELECT updated_at FROM opportunities WHERE id = $1", opp)
-                pending_writes, changed = state["pending_writes"], state["updated_at"]
-                why[opp] = f"pending_writes={pending_writes}, state {changed}, row {saved}"
+                why[opp] = f"pending_writes={state['pending_writes']}, state {changed}, row {saved}"
         if pending:
             if time.monotonic() - began > timeout:
                 stuck = {opp: why.get(opp, "never looked at") for opp in sorted(pending)[:5]}
