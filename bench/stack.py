@@ -14,7 +14,6 @@ from pathlib import Path
 
 import asyncpg
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 
 from bench.baseline import CREATE_TABLES
 from bench.worker_process import WorkerProcess, WorkerSpec
@@ -22,6 +21,7 @@ from db.migrate import upgrade
 from db.pool import create_pool
 from sales.messages import Actor
 from starter import processes
+from starter.codec import plain_data_converter
 from starter.org_chart import Person, import_people
 from starter.ports import free_port
 from starter.postgres import start_embedded_postgres
@@ -121,7 +121,7 @@ async def bench_stack(keep: bool = False) -> AsyncIterator[Stack]:
         server = await start_dev_server(options)
         exits.push_async_callback(server.astop)
 
-        client = await Client.connect(server.address, data_converter=pydantic_data_converter)
+        client = await Client.connect(server.address, data_converter=plain_data_converter)
         pool = await create_pool(database.url, min_size=2, max_size=20)
         exits.push_async_callback(pool.close)
         await pool.execute(CREATE_TABLES)

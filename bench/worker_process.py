@@ -99,9 +99,9 @@ class WorkerProcess:
 
 async def _serve(args: argparse.Namespace) -> None:
     from temporalio.client import Client
-    from temporalio.contrib.pydantic import pydantic_data_converter
 
     from db.pool import create_pool
+    from starter.codec import plain_data_converter
     from starter.settings import Settings
 
     if args.metrics_port:
@@ -110,7 +110,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
         prometheus = PrometheusConfig(bind_address=f"127.0.0.1:{args.metrics_port}")
         Runtime.set_default(Runtime(telemetry=TelemetryConfig(metrics=prometheus)))
-    client = await Client.connect(args.address, data_converter=pydantic_data_converter)
+    client = await Client.connect(args.address, data_converter=plain_data_converter)
     settings = Settings(task_queue=args.task_queue, database_url=args.database_url)
     pool = await create_pool(args.database_url, settings.db_pool_min, settings.db_pool_max)
     options = {"max_cached_workflows": args.max_cached} if args.max_cached else {}

@@ -3,17 +3,25 @@ continue-as-new, and what ``get_state`` answers."""
 
 from __future__ import annotations
 
+import base64
+import json
+import zlib
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from sales.messages import CommandResult, CreateOpportunity
-from sales.process import HandoffDefinition, SalesProcess
+from sales.process import HandoffDefinition, SalesProcess, pack, unpack
 
 # How many request ids (and their answers) an opportunity remembers for de-duplication.
 REMEMBERED_REQUESTS = 1_000
+
+# A remembered answer: (message, stage, stage_entry_seq), all a repeat needs to answer the
+# same. A tuple takes about a third of the memory of a CommandResult model, and a busy deal
+# holds up to REMEMBERED_REQUESTS of them for as long as it is cached.
+RememberedAnswer = tuple[str, str, int]
 RECENT_EVENTS = 20
 
 
@@ -92,7 +100,7 @@ class OpportunityState(BaseModel):
     team: list[TeamMember] = Field(default_factory=list)
     handoffs: list[Handoff] = Field(default_factory=list)
     clock: StageClock = Field(default_factory=StageClock)
-    process: SalesProcess
+    process: SalesProcess = Field(description="the pinned definition (packed text in a packed state)")
     created_at: datetime
     updated_at: datetime
     closed_at: datetime | None = None
@@ -103,7 +111,9 @@ class OpportunityState(BaseModel):
     time_in_stage_seconds: dict[str, float] = Field(
         default_factory=dict, description="cumulative seconds spent in each stage, past entries"
     )
-    processed: dict[str, CommandResult] = Field(default_factory=dict)
+    processed: dict[str, RememberedAnswer] = Field(
+        default_factory=dict, description="request id -> (message, stage, stage_entry_seq), oldest first"
+    )
     saved_version: int = Field(default=0, description="bumped on every write to Postgres")
     finished: bool = False
 
@@ -111,11 +121,40 @@ class OpportunityState(BaseModel):
     def escalation_level(self) -> int:
         return self.clock.level
 
+    @field_validator("process", mode="before")
+    @classmethod
+    def _unpack_process(cls, value: Any) -> Any:
+        return unpack(value) if isinstance(value, str) else value
+
+    @field_validator("processed", mode="before")
+    @classmethod
+    def _compact_answers(cls, value: Any) -> Any:
+        """State carried by continue-as-new before answers were compacted holds whole
+        CommandResult objects; keep what a repeat needs."""
+        if not isinstance(value, dict):
+            return value
+        return {
+            request_id: (answer["message"], answer["stage"], answer["stage_entry_seq"])
+            if isinstance(answer, dict)
+            else answer
+            for request_id, answer in value.items()
+        }
+
     def remember(self, result: CommandResult) -> CommandResult:
-        self.processed[result.request_id] = result
+        self.processed[result.request_id] = (result.message, result.stage, result.stage_entry_seq)
         while len(self.processed) > REMEMBERED_REQUESTS:
             self.processed.pop(next(iter(self.processed)))
         return result
+
+    def answer_to(self, request_id: str) -> CommandResult | None:
+        """The answer a request id already got, or None if it is not remembered."""
+        answer = self.processed.get(request_id)
+        if answer is None:
+            return None
+        message, stage, stage_entry_seq = answer
+        return CommandResult(
+            request_id=request_id, message=message, stage=stage, stage_entry_seq=stage_entry_seq
+        )
 
     def team_roles_of(self, user_id: str) -> list[str]:
         return [m.team_role for m in self.team if m.user_id == user_id]
@@ -139,12 +178,44 @@ class OpportunityInput(BaseModel):
         default=None, description="the pinned process definition, packed by sales.process.pack"
     )
     owner_managers: list[str] = Field(default_factory=list)
-    state: OpportunityState | None = None
+    state: OpportunityState | None = Field(
+        default=None, description="the state carried by continue-as-new; packed by pack_state"
+    )
     revision: int = Field(
         default=0,
         ge=0,
         description="the workflow revision the starter knew (workflows/revisions.py REVISION)",
     )
+
+    @field_validator("state", mode="before")
+    @classmethod
+    def _unpack_state(cls, value: Any) -> Any:
+        return unpack_state(value) if isinstance(value, str) else value
+
+
+# A continued deal's start input is its whole state, remembered answers included (up to
+# REMEMBERED_REQUESTS of them, about 200 bytes each in JSON). The worker keeps a start
+# input for as long as the deal is cached, and the server stores it in every run's
+# history, so it goes packed: the process by sales.process.pack, the whole compressed.
+# Packed, it is a string where workers before packing expect an object: they fail to
+# decode it, and the task waits for an upgraded worker instead of failing the deal.
+PACKED_STATE_PREFIX = "s1:"
+
+
+def pack_state(state: OpportunityState) -> str:
+    data = state.model_dump(mode="json", exclude={"process"})
+    data["process"] = pack(state.process)
+    text = json.dumps(data, separators=(",", ":")).encode()
+    return PACKED_STATE_PREFIX + base64.b64encode(zlib.compress(text, 6)).decode("ascii")
+
+
+def unpack_state(packed: str) -> dict[str, Any]:
+    """The state's fields (``OpportunityState`` validates them); an unknown format raises."""
+    if not packed.startswith(PACKED_STATE_PREFIX):
+        raise ValueError(f"state packed in an unknown format ({packed[:8]!r}...)")
+    compressed = base64.b64decode(packed.removeprefix(PACKED_STATE_PREFIX))
+    data: dict[str, Any] = json.loads(zlib.decompress(compressed))
+    return data
 
 
 class HandoffInput(BaseModel):

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from temporalio.api.common.v1 import Payload
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.contrib.pydantic import PydanticPayloadConverter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes, PayloadCodec
 
 ENCODING = b"binary/encrypted"
@@ -139,11 +139,37 @@ def codec_from_env(settings: CodecSettings | None = None) -> EncryptionCodec | N
     return EncryptionCodec(parse_keys(settings.encryption_keys or ""))
 
 
+class SharedPayloadConverter(PydanticPayloadConverter):
+    """The SDK's pydantic payload converter, one instance per process.
+
+    The SDK builds a payload converter for every workflow it runs (so that a converter can
+    depend on the workflow: serialization context), and each pydantic one keeps its own
+    cache of type adapters: the start input's, every update's. That is memory for every
+    cached deal, and the adapters built again for every deal a worker runs or replays.
+    Nothing in this converter depends on the workflow, so every workflow gets the same one;
+    its type-adapter cache is thread-safe (``functools.lru_cache``).
+    """
+
+    def __new__(cls) -> SharedPayloadConverter:
+        return _SHARED_PAYLOAD_CONVERTER
+
+    def __init__(self) -> None:
+        pass  # the one instance is initialised once, below
+
+
+_SHARED_PAYLOAD_CONVERTER = object.__new__(SharedPayloadConverter)
+PydanticPayloadConverter.__init__(_SHARED_PAYLOAD_CONVERTER)
+
+# Plain JSON through pydantic (what temporalio.contrib.pydantic's converter writes), with
+# the one shared payload converter.
+plain_data_converter = DataConverter(payload_converter_class=SharedPayloadConverter)
+
+
 def encrypted_converter(codec: PayloadCodec) -> DataConverter:
-    """pydantic_data_converter with the codec; failure messages are moved into the
+    """The plain converter with the codec; failure messages are moved into the
     encrypted attributes too, so refusal texts do not sit in plaintext in history."""
     return dataclasses.replace(
-        pydantic_data_converter,
+        plain_data_converter,
         payload_codec=codec,
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
@@ -152,4 +178,4 @@ def encrypted_converter(codec: PayloadCodec) -> DataConverter:
 def data_converter(settings: CodecSettings | None = None) -> DataConverter:
     """What every oppflow client and worker uses: plain JSON payloads, encrypted when keys are set."""
     codec = codec_from_env(settings)
-    return pydantic_data_converter if codec is None else encrypted_converter(codec)
+    return plain_data_converter if codec is None else encrypted_converter(codec)

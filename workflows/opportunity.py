@@ -69,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
         OpportunityState,
         Refusal,
         TeamMember,
+        pack_state,
     )
     from workflows import deal_card, search_attributes
     from workflows.handoff import HandoffWorkflow
@@ -184,7 +185,9 @@ class OpportunityWorkflow:
                 while self._has_work():
                     await self._flush()
                 # The next run is started by this code, at its revision: no patch markers.
-                workflow.continue_as_new(OpportunityInput(state=self.state, revision=REVISION))
+                # Its input is the state packed (sales/state.py pack_state): the fields of
+                # an OpportunityInput, the state in them a string.
+                workflow.continue_as_new({"state": pack_state(self.state), "revision": REVISION})
             await self._wait_for_work()
 
     async def _wait_for_work(self) -> None:
@@ -515,7 +518,7 @@ class OpportunityWorkflow:
     @workflow.update(name="change_stage", description="Move the deal to another stage (closing included).")
     async def change_stage(self, raw: Any) -> CommandResult:
         cmd = ChangeStage.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         self._recheck(lambda: stage_rules.check_change_stage(self.state, cmd))
         return self._move(
@@ -581,7 +584,7 @@ class OpportunityWorkflow:
     @workflow.update(name="update_fields", description="Set deal fields, amount, close date or name.")
     async def update_fields(self, raw: Any) -> CommandResult:
         cmd = UpdateFields.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         self._recheck(lambda: stage_rules.check_update_fields(self.state, cmd))
         changes = self._apply_fields(cmd.fields, cmd.amount, cmd.close_date, cmd.name)
@@ -597,7 +600,7 @@ class OpportunityWorkflow:
     @workflow.update(name="reopen", description="Reopen a closed deal into an open stage (managers, admins).")
     async def reopen(self, raw: Any) -> CommandResult:
         cmd = Reopen.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         self._recheck(lambda: stage_rules.check_reopen(self.state, cmd))
         return self._move(cmd.request_id, cmd.actor.id, cmd.stage, cmd.reason, {}, None, None, "reopen")
@@ -610,7 +613,7 @@ class OpportunityWorkflow:
     @workflow.update(name="migrate_process", description="Admin: pin the deal to another process version.")
     async def migrate_process(self, raw: Any) -> CommandResult:
         cmd = MigrateProcess.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         self._recheck(lambda: self._check_migration(cmd))
         old = self.state.process
@@ -666,12 +669,12 @@ class OpportunityWorkflow:
     @workflow.update(name="reassign", description="Give the deal to a new owner (managers, admins).")
     async def reassign(self, raw: Any) -> CommandResult:
         cmd = Reassign.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         async with self._lock:
             self._recheck(lambda: self._check_reassign(cmd))
             chain = await self._org_chain(cmd.owner_id)
-            if earlier := self.state.processed.get(cmd.request_id):
+            if earlier := self.state.answer_to(cmd.request_id):
                 return earlier
             if not chain.exists:
                 raise self._refuse(
@@ -721,12 +724,12 @@ class OpportunityWorkflow:
     @workflow.update(name="add_team_member", description="Add a person to the deal team with a role.")
     async def add_team_member(self, raw: Any) -> CommandResult:
         cmd = AddTeamMember.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         async with self._lock:
             self._recheck(lambda: self._check_add_member(cmd))
             chain = await self._org_chain(cmd.user_id)
-            if earlier := self.state.processed.get(cmd.request_id):
+            if earlier := self.state.answer_to(cmd.request_id):
                 return earlier
             if not chain.exists:
                 raise self._refuse(
@@ -764,7 +767,7 @@ class OpportunityWorkflow:
     @workflow.update(name="remove_team_member", description="Remove a person from the deal team.")
     async def remove_team_member(self, raw: Any) -> CommandResult:
         cmd = RemoveTeamMember.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         self._recheck(lambda: self._check_remove_member(cmd))
         self.state.team = [m for m in self.state.team if m.user_id != cmd.user_id]
@@ -783,7 +786,7 @@ class OpportunityWorkflow:
     )
     async def acknowledge_escalation(self, raw: Any) -> CommandResult:
         cmd = AcknowledgeEscalation.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         self._recheck(lambda: escalation_ladder.check_acknowledge(self.state, cmd))
         s = self.state
@@ -810,7 +813,7 @@ class OpportunityWorkflow:
     @workflow.update(name="snooze_escalation", description="Push the next escalation level to a date.")
     async def snooze_escalation(self, raw: Any) -> CommandResult:
         cmd = SnoozeEscalation.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         self._recheck(lambda: escalation_ladder.check_snooze(self.state, cmd, workflow.now()))
         s = self.state
@@ -838,7 +841,7 @@ class OpportunityWorkflow:
     @workflow.update(name="pause_clock", description="Pause the stuck clock while the deal waits on others.")
     async def pause_clock(self, raw: Any) -> CommandResult:
         cmd = PauseClock.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         self._recheck(lambda: escalation_ladder.check_pause(self.state, cmd, workflow.now()))
         escalation_ladder.apply_pause(self.state, cmd.reason, cmd.until, workflow.now())
@@ -860,7 +863,7 @@ class OpportunityWorkflow:
     @workflow.update(name="resume_clock", description="Resume the stuck clock; paused time does not count.")
     async def resume_clock(self, raw: Any) -> CommandResult:
         cmd = ResumeClock.model_validate(raw)
-        if earlier := self.state.processed.get(cmd.request_id):
+        if earlier := self.state.answer_to(cmd.request_id):
             return earlier
         self._recheck(lambda: escalation_ladder.check_resume(self.state, cmd))
         escalation_ladder.apply_resume(self.state, workflow.now())
