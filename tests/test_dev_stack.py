@@ -15,12 +15,12 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributeIndexedValueType as SAType
 from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from db.migrate import current_revision, head_revision, upgrade
 from db.pool import PoolExhaustedError, acquire, create_pool
+from starter.codec import plain_data_converter
 from starter.connect import connect_temporal
 from starter.dev_stack import run_dev_stack
 from starter.ports import PortInUseError, check_ports_free, free_port, port_is_free
@@ -76,7 +76,7 @@ async def test_connect_follows_temporal_env_vars(
     monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_env.client.service_client.config.target_host)
     monkeypatch.setenv("TEMPORAL_NAMESPACE", "default")
     client = await connect_temporal(Settings(_env_file=None, temporal_port=1))
-    assert client.data_converter is pydantic_data_converter
+    assert client.data_converter is plain_data_converter
     assert await client.service_client.check_health()
 
 

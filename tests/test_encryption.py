@@ -32,6 +32,7 @@ from starter.codec import (
     data_converter,
     encrypted_converter,
     parse_keys,
+    plain_data_converter,
 )
 from starter.connect import connect_temporal
 from starter.settings import Settings
@@ -166,7 +167,7 @@ async def test_connect_applies_the_codec_when_keys_are_set(
     monkeypatch.chdir(tmp_path)  # no .env
     monkeypatch.setenv("TEMPORAL_ADDRESS", temporal_address(temporal_env.client))
     monkeypatch.delenv("OPPFLOW_ENCRYPTION_KEYS", raising=False)
-    assert (await connect_temporal(Settings())).data_converter is pydantic_data_converter
+    assert (await connect_temporal(Settings())).data_converter is plain_data_converter
     monkeypatch.setenv("OPPFLOW_ENCRYPTION_KEYS", f"k1:{KEY_1}")
     codec = (await connect_temporal(Settings())).data_converter.payload_codec
     assert isinstance(codec, EncryptionCodec) and codec.key_id == "k1"
@@ -201,7 +202,7 @@ async def test_altered_payloads_do_not_decrypt_and_plain_ones_pass_through() -> 
     altered.data = sealed.data[:-1] + bytes([sealed.data[-1] ^ 1])
     with pytest.raises(EncryptionKeyError, match="does not authenticate"):
         await codec.decode([altered])
-    assert data_converter(CodecSettings(encryption_keys=None)) is pydantic_data_converter
+    assert data_converter(CodecSettings(encryption_keys=None)) is plain_data_converter
 
 
 async def wait_until_listening(port: int, process: asyncio.subprocess.Process) -> None:
