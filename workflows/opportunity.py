@@ -171,7 +171,9 @@ class OpportunityWorkflow:
 
     @workflow.run
     async def run(self, input: OpportunityInput) -> dict[str, Any]:
-        input.process = input.packed_process = None  # the state holds the shared copy
+        # The SDK keeps the decoded input for as long as the deal is cached; the state holds
+        # what the deal needs of it (the shared process, the creation's fields).
+        input.process = input.packed_process = input.create = None
         escalation_ladder.refresh_next_due(self.state)
         while True:
             await self._flush()
