@@ -17,12 +17,12 @@ from sales.process import HandoffDefinition, SalesProcess, pack, unpack
 
 # How many request ids (and their answers) an opportunity remembers for de-duplication.
 REMEMBERED_REQUESTS = 1_000
+RECENT_EVENTS = 20
 
 # A remembered answer: (message, stage, stage_entry_seq), all a repeat needs to answer the
 # same. A tuple takes about a third of the memory of a CommandResult model, and a busy deal
 # holds up to REMEMBERED_REQUESTS of them for as long as it is cached.
 RememberedAnswer = tuple[str, str, int]
-RECENT_EVENTS = 20
 
 
 class TeamMember(BaseModel):
