@@ -132,6 +132,18 @@ UPDATE escalations SET status = $4, note = COALESCE($5, note), updated_at = $6
 WHERE opportunity_id = $1 AND subject = 'stage' AND stage_entry_seq = $2
   AND status = ANY($3::text[])
 """
+# A batch that moves one stage entry's escalations (a stage change resolves them) in one
+# statement too: $27-$31 are UPDATE_ESCALATIONS' $2-$6. Two moves of the same rows cannot
+# share a statement, so a batch with more takes a transaction.
+SAVE_BATCH_AND_STATUS = (
+    _BATCH_CTES
+    + """, escalation_status AS (
+    UPDATE escalations SET status = $29, note = COALESCE($30, note), updated_at = $31
+    WHERE opportunity_id = $1 AND subject = 'stage' AND stage_entry_seq = $27
+      AND status = ANY($28::text[])
+)"""
+    + _SAVE_HANDOFFS
+)
 
 INSERT_ESCALATION = """
 INSERT INTO escalations (opportunity_id, subject, stage, stage_entry_seq, level, notify,
@@ -196,6 +208,20 @@ def _batch_arguments(batch: PersistBatch) -> list[Any]:
     ]
 
 
+def _status_arguments(opportunity_id: str, change: Change) -> list[Any]:
+    """UPDATE_ESCALATIONS' parameters $1-$6 for a change that moves escalation statuses."""
+    es = change.escalation_status
+    assert es is not None
+    return [
+        opportunity_id,
+        es.stage_entry_seq,
+        ESCALATION_STATUSES_REPLACED.get(es.status, ["open"]),
+        es.status,
+        es.note,
+        change.at,
+    ]
+
+
 def _escalation_row(
     esc: RecordEscalation, level: int, notify: str, recipient: str | None, status: str
 ) -> dict[str, Any]:
@@ -235,9 +261,9 @@ class OpportunityStore:
     async def persist(self, batch: PersistBatch) -> int:
         # The batch is one statement, atomic on its own; escalation status updates
         # (acknowledge, snooze...) are more statements, so those batches take a transaction.
-        updates_escalations = any(c.escalation_status is not None for c in batch.changes)
+        moves = sum(c.escalation_status is not None for c in batch.changes)
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            async with conn.transaction() if updates_escalations else nullcontext():
+            async with conn.transaction() if moves > 1 else nullcontext():
                 await self._write_batch(conn, batch)
         metrics.observe_batch(batch)
         _maybe_crash_after_commit()
@@ -264,19 +290,19 @@ class OpportunityStore:
         return recorded
 
     async def _write_batch(self, conn: asyncpg.Connection, batch: PersistBatch) -> None:
+        """One statement, unless the batch moves escalation statuses more than once (then
+        the caller holds a transaction)."""
+        moves = [
+            _status_arguments(batch.opportunity.id, c)
+            for c in batch.changes
+            if c.escalation_status is not None
+        ]
+        if len(moves) == 1:
+            await conn.execute(SAVE_BATCH_AND_STATUS, *_batch_arguments(batch), *moves[0][1:])
+            return
         await conn.execute(SAVE_BATCH, *_batch_arguments(batch))
-        row = batch.opportunity
-        for change in batch.changes:
-            if (es := change.escalation_status) is not None:
-                await conn.execute(
-                    UPDATE_ESCALATIONS,
-                    row.id,
-                    es.stage_entry_seq,
-                    ESCALATION_STATUSES_REPLACED.get(es.status, ["open"]),
-                    es.status,
-                    es.note,
-                    change.at,
-                )
+        for move in moves:
+            await conn.execute(UPDATE_ESCALATIONS, *move)
 
     async def _write_batch_and_escalation(
         self, conn: asyncpg.Connection, batch: PersistBatch, esc: RecordEscalation

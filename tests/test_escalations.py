@@ -19,7 +19,15 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.persistence import OpportunityStore
 from sales.durations import add_business_days
-from sales.records import EscalatedBatch, EscalationRecorded, OpportunityRow, PersistBatch, RecordEscalation
+from sales.records import (
+    Change,
+    EscalatedBatch,
+    EscalationRecorded,
+    EscalationStatusChange,
+    OpportunityRow,
+    PersistBatch,
+    RecordEscalation,
+)
 from starter import escalation_check
 from starter.client import workflow_id
 from starter.settings import Settings
@@ -194,6 +202,7 @@ async def test_acknowledged_ladder_stops_until_the_next_stage(
     await days_in(skipping_env, handle, 30)
     assert await ladder(app, opp) == [(1, app.team.id("rep"), "acknowledged")]
     await app.client.change_stage(opp, actor=app.team.actor("rep"), stage="Qualification")
+    assert await ladder(app, opp) == [(1, app.team.id("rep"), "resolved")]
     await days_in(skipping_env, handle, 14.1)
     await assert_eq_eventually(2, lambda: _rows(app, opp))
 
@@ -364,6 +373,49 @@ async def test_a_retried_escalation_write_records_its_rows_once_with_one_webhook
             "SELECT escalation_level, state_version FROM opportunities WHERE id = $1", opp
         )
         assert (saved["escalation_level"], saved["state_version"]) == (2, version)
+
+
+async def test_a_saved_batch_moves_the_ladder_rows_in_the_order_of_its_changes(app: App) -> None:
+    opp, _ = await new_deal(app)
+    await assert_eq_eventually(
+        1, lambda: app.pool.fetchval("SELECT count(*) FROM opportunities WHERE id = $1", opp)
+    )
+    store = OpportunityStore(app.pool)
+    await store.record_escalation(manager_level(app, opp))
+    version = await app.pool.fetchval("SELECT state_version FROM opportunities WHERE id = $1", opp)
+    state = deal(opportunity_id=opp, owner_id=app.team.id("rep"))
+    now = datetime.now(UTC)
+
+    def batch(saved: int, *moves: tuple[str, str, str | None]) -> PersistBatch:
+        changes = [
+            Change(
+                request_id=request_id,
+                actor_id=app.team.id("mgr"),
+                at=now,
+                kind=status,
+                escalation_status=EscalationStatusChange(stage_entry_seq=1, status=status, note=note),
+            )
+            for request_id, status, note in moves
+        ]
+        return PersistBatch(opportunity=OpportunityRow.of(state, version + saved), changes=changes)
+
+    await store.persist(batch(1, (f"{opp}-snooze", "snoozed", "back after the holidays")))
+    assert await ladder(app, opp) == [(1, app.team.id("mgr"), "snoozed")]
+
+    # Two moves of the same rows in one batch: acknowledged first, then resolved.
+    await store.persist(
+        batch(2, (f"{opp}-ack", "acknowledged", "talked to Rita"), (f"{opp}-move", "resolved", None))
+    )
+    assert await ladder(app, opp) == [(1, app.team.id("mgr"), "resolved")]
+    note, events = await app.pool.fetchrow(
+        "SELECT (SELECT note FROM escalations WHERE opportunity_id = $1), "
+        "(SELECT count(*) FROM opportunity_events WHERE opportunity_id = $1 AND request_id LIKE $1 || '-%')",
+        opp,
+    )
+    assert (note, events) == ("talked to Rita", 3)
+    assert (
+        await app.pool.fetchval("SELECT state_version FROM opportunities WHERE id = $1", opp) == version + 2
+    )
 
 
 async def test_overdue_escalations_are_found_and_re_armed(
