@@ -259,8 +259,8 @@ class OpportunityStore:
 
     @activity.defn(name="persist_opportunity")
     async def persist(self, batch: PersistBatch) -> int:
-        # The batch is one statement, atomic on its own; escalation status updates
-        # (acknowledge, snooze...) are more statements, so those batches take a transaction.
+        # The batch is one statement, atomic on its own, with at most one move of escalation
+        # statuses (a stage change resolves, a snooze...); more moves take a transaction.
         moves = sum(c.escalation_status is not None for c in batch.changes)
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
             async with conn.transaction() if moves > 1 else nullcontext():
