@@ -45,6 +45,7 @@ from sales.state import OpportunityInput
 from starter import org_chart, processes
 from workflows import search_attributes
 from workflows.revisions import REVISION
+from workflows.run_length import WORKFLOW_TASK_TIMEOUT
 
 C = TypeVar("C", bound=Command)
 
@@ -210,6 +211,7 @@ class OpportunityClient:
                 search_attributes=search_attributes.initial(cmd, stage.name, stage.forecast_category),
                 static_summary=f"{cmd.name} — {cmd.account}",
                 static_details=f"Opportunity {cmd.opportunity_id}, process {process.name} v{process.version}",
+                task_timeout=WORKFLOW_TASK_TIMEOUT,
             )
         except WorkflowAlreadyStartedError:
             return Created(cmd.opportunity_id, wf_id, False)

@@ -80,7 +80,10 @@ with workflow.unsafe.imports_passed_through():
         ONLY_CHANGED_SEARCH_ATTRIBUTES,
         REVISION,
         REVISION_1,
+        REVISION_2,
+        RUN_LENGTH_LIMIT,
     )
+    from workflows.run_length import RUN_EVENTS_LIMIT, WORKFLOW_TASK_TIMEOUT
 
 CLOSED_LOST_REOPEN_WINDOW = timedelta(days=30)
 CommandT = TypeVar("CommandT", bound=Command)
@@ -126,6 +129,7 @@ class OpportunityWorkflow:
         current = input.revision >= REVISION_1
         self._escalation_row_in_worker = current or workflow.patched(ESCALATION_ROW_IN_WORKER)
         self._only_changed_search_attributes = current or workflow.patched(ONLY_CHANGED_SEARCH_ATTRIBUTES)
+        self._run_length_limit = input.revision >= REVISION_2 or workflow.patched(RUN_LENGTH_LIMIT)
         if self._is_new and input.create is not None:
             # Recorded here, not in run(): updates may be handled before run() starts.
             self._record_creation(input.create)
@@ -182,15 +186,28 @@ class OpportunityWorkflow:
                 if self._finished() and not self._has_work():
                     self.state.finished = True
                     return {"opportunity_id": self.state.opportunity_id, "stage": self.state.stage}
-            if workflow.info().is_continue_as_new_suggested():
+            if self._run_is_long():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 while self._has_work():
                     await self._flush()
                 # The next run is started by this code, at its revision: no patch markers.
                 # Its input is the state packed (sales/state.py pack_state): the fields of
-                # an OpportunityInput, the state in them a string.
-                workflow.continue_as_new({"state": pack_state(self.state), "revision": REVISION})
+                # an OpportunityInput, the state in them a string. Replay compares only the
+                # command's kind, so a deal started with Temporal's 10 s task timeout
+                # takes oppflow's at its next run.
+                workflow.continue_as_new(
+                    {"state": pack_state(self.state), "revision": REVISION},
+                    task_timeout=WORKFLOW_TASK_TIMEOUT,
+                )
             await self._wait_for_work()
+
+    def _run_is_long(self) -> bool:
+        """Time to continue as new: Temporal suggests it, or the run reached oppflow's limit
+        (workflows/run_length.py), which keeps a full replay of the run short."""
+        info = workflow.info()
+        if info.is_continue_as_new_suggested():
+            return True
+        return self._run_length_limit and info.get_current_history_length() >= RUN_EVENTS_LIMIT
 
     async def _wait_for_work(self) -> None:
         self._woken = False
@@ -198,7 +215,7 @@ class OpportunityWorkflow:
         timeout = max(wake_at - workflow.now(), timedelta(0)) if wake_at else None
         try:
             await workflow.wait_condition(
-                lambda: self._woken or workflow.info().is_continue_as_new_suggested(),
+                lambda: self._woken or self._run_is_long(),
                 timeout=timeout,
                 timeout_summary=summary,
             )
