@@ -60,6 +60,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="open deals held by one worker (e.g. 10000)",
     )
     parser.add_argument(
+        "--busy-deals",
+        type=int,
+        default=defaults.busy_deals,
+        help="busy deals: deals flooded with activities",
+    )
+    parser.add_argument(
+        "--busy-activities",
+        type=int,
+        default=defaults.busy_activities,
+        help="busy deals: activities sent to each deal back to back",
+    )
+    parser.add_argument(
         "--experiment",
         default=None,
         help=f"comma-separated measured variants of the oppflow worker: {', '.join(EXPERIMENTS)}",
@@ -88,6 +100,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
         storm_rounds=args.storm_rounds,
         storm_min_stuck=args.storm_min_stuck,
         open_deals=args.open_deals,
+        busy_deals=args.busy_deals,
+        busy_activities=args.busy_activities,
         experiment=args.experiment,
     )
 

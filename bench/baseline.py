@@ -8,6 +8,8 @@ without oppflow's rules, rows or search attributes.
 - Started with ``due_at``, the workflow sleeps until then and runs one activity that
   inserts a row (the escalation-storm baseline).
 - ``get_state`` answers the dict (the open-deals baseline).
+- ``record_activity`` signals are saved by one local activity per workflow task and
+  counted, and a run continues as new when Temporal suggests it (the busy-deals baseline).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ CREATE TABLE IF NOT EXISTS bench_bare_rows (
     stage       text NOT NULL,
     PRIMARY KEY (deal_id, request_id)
 );
+CREATE TABLE IF NOT EXISTS bench_bare_activities (
+    deal_id     text NOT NULL,
+    request_id  text NOT NULL,
+    PRIMARY KEY (deal_id, request_id)
+);
 CREATE TABLE IF NOT EXISTS bench_bare_escalations (
     deal_id      text PRIMARY KEY,
     due_at       timestamptz NOT NULL,
@@ -52,6 +59,12 @@ class BareInput(BaseModel):
     due_at: datetime | None = None
     # The storm's indexed baseline: the escalation also sets EscalationLevel, as oppflow does.
     index_escalation: bool = False
+    activity_count: int = 0  # carried by continue-as-new
+
+
+class BareActivities(BaseModel):
+    deal_id: str
+    request_ids: list[str]
 
 
 class BareRow(BaseModel):
@@ -80,6 +93,15 @@ class BareStore:
             row.stage,
         )
 
+    @activity.defn(name="bare_insert_activities")
+    async def insert_activities(self, rows: BareActivities) -> None:
+        await self.pool.execute(
+            "INSERT INTO bench_bare_activities (deal_id, request_id) "
+            "SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING",
+            rows.deal_id,
+            rows.request_ids,
+        )
+
     @activity.defn(name="bare_record_escalation")
     async def record_escalation(self, row: BareEscalation) -> None:
         await self.pool.execute(
@@ -95,8 +117,13 @@ class BareStore:
 class BareDeal:
     @workflow.init
     def __init__(self, input: BareInput) -> None:
-        self.state: dict[str, Any] = {"deal_id": input.deal_id, "stage": input.stage}
+        self.state: dict[str, Any] = {
+            "deal_id": input.deal_id,
+            "stage": input.stage,
+            "activity_count": input.activity_count,
+        }
         self.closed = False
+        self.unsaved: list[str] = []
 
     @workflow.run
     async def run(self, input: BareInput) -> dict[str, Any]:
@@ -109,8 +136,30 @@ class BareDeal:
             )
             if input.index_escalation:
                 workflow.upsert_search_attributes([ESCALATION_LEVEL.value_set(1)])
-        await workflow.wait_condition(lambda: self.closed)
-        return self.state
+        while True:
+            await workflow.wait_condition(
+                lambda: self.closed or bool(self.unsaved) or workflow.info().is_continue_as_new_suggested()
+            )
+            while self.unsaved:
+                batch, self.unsaved = self.unsaved, []
+                await workflow.execute_local_activity_method(
+                    BareStore.insert_activities,
+                    BareActivities(deal_id=input.deal_id, request_ids=batch),
+                    start_to_close_timeout=timedelta(seconds=15),
+                )
+                self.state["activity_count"] += len(batch)
+            if self.closed:
+                return self.state
+            if workflow.info().is_continue_as_new_suggested():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if not self.unsaved:
+                    workflow.continue_as_new(
+                        BareInput(
+                            deal_id=input.deal_id,
+                            stage=self.state["stage"],
+                            activity_count=self.state["activity_count"],
+                        )
+                    )
 
     @workflow.update(name="set_stage")
     async def set_stage(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -135,6 +184,10 @@ class BareDeal:
         result = await self._save(payload)
         workflow.upsert_search_attributes([STAGE.value_set(self.state["stage"])])
         return result
+
+    @workflow.signal(name="record_activity")
+    def record_activity(self, payload: dict[str, Any]) -> None:
+        self.unsaved.append(str(payload["request_id"]))
 
     @workflow.signal(name="close")
     def close(self) -> None:
@@ -162,6 +215,6 @@ def build_baseline_worker(client: Client, pool: asyncpg.Pool, task_queue: str, *
         client,
         task_queue=task_queue,
         workflows=[BareDeal],
-        activities=[store.insert_row, store.record_escalation],
+        activities=[store.insert_row, store.insert_activities, store.record_escalation],
         **options,
     )

@@ -1,6 +1,7 @@
-"""The four benchmark scenarios. Each runs oppflow and the bare baseline on the same
-server in alternating rounds (baseline, oppflow, baseline, oppflow, ...) and answers a
-dict of figures, ratios and whether the issue's targets were met."""
+"""The benchmark scenarios (the fifth, busy deals, is in bench/busy_deals.py). Each runs
+oppflow and the bare baseline on the same server in alternating rounds (baseline,
+oppflow, baseline, oppflow, ...) and answers a dict of figures, ratios and whether the
+issue's targets were met."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 
 from bench.baseline import BARE_WORKFLOW, BareInput
+from bench.busy_deals import busy_deals
 from bench.clients import TimedClient
 from bench.cpu import CpuSplit, cpu_split
 from bench.measure import Sample, percentile, poll_until, pooled, timed_calls, timed_sequences
@@ -45,6 +47,8 @@ class Sizes:
     storm_rounds: int = 1
     storm_min_stuck: int = 30
     open_deals: int = 1000
+    busy_deals: int = 10
+    busy_activities: int = 1200
     experiment: str | None = None
 
 
@@ -534,4 +538,5 @@ SCENARIOS = {
     "creation": creation,
     "storm": escalation_storm,
     "open-deals": open_deals,
+    "busy-deals": busy_deals,
 }

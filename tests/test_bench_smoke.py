@@ -21,7 +21,7 @@ from bench.stack import bench_stack
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-DEALS, CHANGES, CREATIONS, STORM, OPEN = 6, 2, 5, 8, 12
+DEALS, CHANGES, CREATIONS, STORM, OPEN, BUSY, BUSY_ACTIVITIES = 6, 2, 5, 8, 12, 2, 15
 PRODUCTION_CACHE = 8
 
 
@@ -30,6 +30,7 @@ def run() -> tuple[str, dict[str, Any]]:
     args = [sys.executable, "-m", "bench", "--opportunities", str(DEALS), "--changes", str(CHANGES)]
     args += ["--callers", "4", "--rounds", "1", "--creations", str(CREATIONS), "--storm", str(STORM)]
     args += ["--storm-min-stuck", "5", "--open-deals", str(OPEN)]
+    args += ["--busy-deals", str(BUSY), "--busy-activities", str(BUSY_ACTIVITIES)]
     # A production cache smaller than the open deals, so that phase is measured too.
     env = {**os.environ, "OPPFLOW_MAX_CACHED_WORKFLOWS": str(PRODUCTION_CACHE)}
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
@@ -43,7 +44,7 @@ def test_prints_a_table_and_ends_with_one_json_line_of_every_scenario(
 ) -> None:
     text, results = run
     assert "targets" in text and "bare update" in text
-    assert set(results["scenarios"]) == {"stage-changes", "creation", "storm", "open-deals"}
+    assert set(results["scenarios"]) == {"stage-changes", "creation", "storm", "open-deals", "busy-deals"}
     assert results["machine"]["cpus"] >= 1
     for scenario in results["scenarios"].values():
         assert scenario["ratios"] and all(isinstance(v, float) for v in scenario["ratios"].values())
@@ -105,6 +106,18 @@ def test_open_deals_beyond_the_production_cache_are_all_served(run: tuple[str, d
         assert production["warm_get_state"]["count"] == OPEN and production["warm_get_state"]["errors"] == 0
         assert production["warm_get_state_one_caller"]["errors"] == 0
         assert production["rss_mib"] > 0
+
+
+def test_busy_deals_take_in_their_flood_and_answer_after_a_restart(run: tuple[str, dict[str, Any]]) -> None:
+    for variant in run[1]["scenarios"]["busy-deals"]["figures"].values():
+        assert variant["settled_after_flood"] == {
+            **variant["settled_after_flood"],
+            "answered": BUSY,
+            "missing": 0,
+        }
+        assert variant["answered_after_restart"]["answered"] == BUSY
+        assert variant["after_flood"]["runs"] >= BUSY
+        assert variant["flood_signals_per_s"] > 0
 
 
 async def test_a_stack_whose_scenario_failed_keeps_its_directory_for_the_logs() -> None:
