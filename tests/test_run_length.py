@@ -16,11 +16,13 @@ from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from starter.client import workflow_id
 from starter.temporal_server import temporal_binary
 from tests.helpers import assert_eq_eventually, contract_search_attribute_keys
 from tests.sales_team import App, running_app
+from worker import SANDBOX, WORKFLOWS
 from workflows.run_length import RUN_EVENTS_LIMIT, WORKFLOW_TASK_TIMEOUT
 
 pytestmark = pytest.mark.slow
@@ -50,8 +52,8 @@ async def app(default_server: WorkflowEnvironment, db_pool: asyncpg.Pool) -> Asy
         yield running
 
 
-async def runs_of(temporal: Client, opp: str) -> list[tuple[str, int, timedelta]]:
-    """(status, history events, workflow task timeout) of each of the deal's runs."""
+async def runs_of(temporal: Client, opp: str) -> list[tuple[str, int, timedelta, str]]:
+    """(status, history events, workflow task timeout, run id) of each of the deal's runs."""
     found = []
     async for run in temporal.list_workflows(f"WorkflowId = '{workflow_id(opp)}'"):
         described = (await temporal.get_workflow_handle(run.id, run_id=run.run_id).describe()).raw_description
@@ -61,6 +63,7 @@ async def runs_of(temporal: Client, opp: str) -> list[tuple[str, int, timedelta]
                 WorkflowExecutionStatus.Name(info.status).removeprefix("WORKFLOW_EXECUTION_STATUS_"),
                 info.history_length,
                 described.execution_config.default_workflow_task_timeout.ToTimedelta(),
+                run.run_id,
             )
         )
     return found
@@ -94,11 +97,11 @@ async def test_a_busy_deal_continues_as_new_at_oppflows_run_length(app: App) -> 
     await assert_eq_eventually((sent, 0), lambda: count_and_pending(app, opp), timeout=60)
 
     runs = await runs_of(app.temporal, opp)
-    continued = [length for status, length, _ in runs if status == "CONTINUED_AS_NEW"]
+    continued = [length for status, length, _, _ in runs if status == "CONTINUED_AS_NEW"]
     assert continued, f"the deal never continued as new after {sent} activities: {runs}"
     # Continued at oppflow's limit (plus what the last task brought in), not at Temporal's 4,096.
     assert all(RUN_EVENTS_LIMIT <= length < RUN_EVENTS_LIMIT + 300 for length in continued), runs
-    assert all(timeout == WORKFLOW_TASK_TIMEOUT for _, _, timeout in runs), runs
+    assert all(timeout == WORKFLOW_TASK_TIMEOUT for _, _, timeout, _ in runs), runs
     # Nothing was lost on the way: every activity is in Postgres once, a repeat is still known.
     rows = await app.pool.fetchval("SELECT count(*) FROM activities WHERE opportunity_id = $1", opp)
     assert rows == sent
@@ -107,3 +110,10 @@ async def test_a_busy_deal_continues_as_new_at_oppflows_run_length(app: App) -> 
     state = await app.client.state(opp)
     assert state["activity_count"] == sent
     assert state["fields"]["next_step"] == "call back"
+    # A worker that has not cached the deal rebuilds each run from its history.
+    replayer = Replayer(
+        workflows=list(WORKFLOWS), data_converter=pydantic_data_converter, workflow_runner=SANDBOX
+    )
+    for *_, run_id in runs:
+        history = await app.temporal.get_workflow_handle(workflow_id(opp), run_id=run_id).fetch_history()
+        await replayer.replay_workflow(history)
