@@ -12,17 +12,19 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from temporalio.api.enums.v1 import EventType, TimeoutType, WorkflowTaskFailedCause
+from temporalio.service import RPCError
 
 from bench.baseline import BARE_WORKFLOW, BareInput
 from bench.measure import percentile
 from bench.stack import Stack, owner_id, rep
-from starter.client import OpportunityClient, new_request_id, workflow_id
+from starter.client import OpportunityClient, workflow_id
 
 if TYPE_CHECKING:
     from bench.scenarios import Sizes
 
 SETTLE_TIMEOUT_S = 600.0
 ANSWER_TIMEOUT_S = 300.0
+SEND_ATTEMPTS = 10
 REFUSED_CONTINUE = WorkflowTaskFailedCause.WORKFLOW_TASK_FAILED_CAUSE_UNHANDLED_COMMAND
 
 
@@ -60,8 +62,22 @@ class _Deals:
         else:
             index = int(deal.rsplit("-", 1)[1])
             await self.opps.record_activity(
-                deal, actor=rep(index), kind="email", subject=f"message {n}", request_id=new_request_id()
+                deal, actor=rep(index), kind="email", subject=f"message {n}", request_id=f"{deal}-{n}"
             )
+
+    async def send(self, deal: str, n: int) -> int:
+        """Message ``n``, sent again with the same request id while the server refuses it
+        (a deal that is continuing as new answers "workflow is closing" once the client's own
+        retries are spent); answers how many times it was refused."""
+        for refused in range(SEND_ATTEMPTS):
+            try:
+                await self.message(deal, n)
+                return refused
+            except RPCError:
+                if refused == SEND_ATTEMPTS - 1:
+                    raise
+                await asyncio.sleep(1)
+        return SEND_ATTEMPTS
 
     async def taken_in(self, deal: str) -> int:
         """Activities the deal has applied and saved; -1 while it does not answer."""
@@ -142,19 +158,18 @@ async def _variant(
         for deal in deals.ids:
             await deals.start(deal)
 
-        async def flood(deal: str) -> None:
-            for n in range(activities):
-                await deals.message(deal, n)
+        async def flood(deal: str) -> int:
+            return sum([await deals.send(deal, n) for n in range(activities)])
 
         began = time.monotonic()
-        await asyncio.gather(*(flood(d) for d in deals.ids))
+        refused = sum(await asyncio.gather(*(flood(d) for d in deals.ids)))
         flood_s = time.monotonic() - began
         settled = await _until_all(deals, activities, SETTLE_TIMEOUT_S)
         flood_runs = await _runs(deals)
 
         await stack.stop_worker(worker)
         worker = await stack.start_worker(worker_kind, queue, experiment=experiment)
-        await asyncio.gather(*(deals.message(d, activities) for d in deals.ids))
+        await asyncio.gather(*(deals.send(d, activities) for d in deals.ids))
         answered = await _until_all(deals, activities + 1, ANSWER_TIMEOUT_S)
         after = await _runs(deals)
     finally:
@@ -164,6 +179,7 @@ async def _variant(
         "activities_per_deal": activities,
         "flood_seconds": round(flood_s, 1),
         "flood_signals_per_s": round(deals_count * activities / flood_s, 1) if flood_s else 0.0,
+        "flood_signals_refused_then_sent_again": refused,
         "settled_after_flood": _times(settled, deals_count),
         "after_flood": flood_runs,
         "answered_after_restart": _times(answered, deals_count),
