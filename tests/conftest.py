@@ -17,7 +17,7 @@ from db.migrate import upgrade
 from db.pool import create_pool
 from starter.postgres import start_embedded_postgres
 from starter.temporal_server import temporal_binary
-from tests.helpers import contract_search_attribute_keys
+from tests.helpers import start_dev_server
 from tests.reliability.ledger import REPORT_FILE_ENV
 
 
@@ -72,14 +72,7 @@ async def db_pool(postgres_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        namespace="default",
-        data_converter=pydantic_data_converter,
-        search_attributes=contract_search_attribute_keys(),
-        dev_server_existing_path=temporal_binary(),
-        dev_server_extra_args=DEV_SERVER_EXTRA_ARGS,
-        dev_server_startup_timeout=timedelta(seconds=30),
-    )
+    env = await start_dev_server(DEV_SERVER_EXTRA_ARGS)
     try:
         yield env
     finally:

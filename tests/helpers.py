@@ -5,6 +5,7 @@ import inspect
 import time
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from temporalio.common import SearchAttributeIndexedValueType as SAType
@@ -51,6 +52,18 @@ async def assert_eq_eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"after {timeout:g}s expected {expected!r}, last got {last!r}")
         await asyncio.sleep(interval)
+
+
+async def start_dev_server(extra_args: list[str] | None = None) -> WorkflowEnvironment:
+    """The real dev server (in memory) with the contract's search attributes."""
+    return await WorkflowEnvironment.start_local(
+        namespace="default",
+        data_converter=pydantic_data_converter,
+        search_attributes=contract_search_attribute_keys(),
+        dev_server_existing_path=temporal_binary(),
+        dev_server_extra_args=extra_args or [],
+        dev_server_startup_timeout=timedelta(seconds=30),
+    )
 
 
 async def start_time_skipping_server() -> WorkflowEnvironment:

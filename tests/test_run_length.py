@@ -19,8 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
 from starter.client import workflow_id
-from starter.temporal_server import temporal_binary
-from tests.helpers import assert_eq_eventually, contract_search_attribute_keys
+from tests.helpers import assert_eq_eventually, start_dev_server
 from tests.sales_team import App, running_app
 from worker import SANDBOX, WORKFLOWS
 from workflows.run_length import RUN_EVENTS_LIMIT, WORKFLOW_TASK_TIMEOUT
@@ -33,13 +32,7 @@ MAX_ACTIVITIES = 1_500  # far more than one run of RUN_EVENTS_LIMIT events takes
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def default_server() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        namespace="default",
-        data_converter=pydantic_data_converter,
-        search_attributes=contract_search_attribute_keys(),
-        dev_server_existing_path=temporal_binary(),
-        dev_server_startup_timeout=timedelta(seconds=30),
-    )
+    env = await start_dev_server()
     try:
         yield env
     finally:
