@@ -354,8 +354,11 @@ class OpportunityStore:
     def _recorded(
         self, esc: RecordEscalation, recipient: str | None, newly_recorded: bool
     ) -> EscalationRecorded:
+        deliver = bool(self.webhook_urls or esc.extra_webhooks)
         links: dict[str, str] = {}
-        if self.public_url and self.link_secret and recipient and esc.subject == "stage":
+        # Links travel only in the webhook: without one, signing them is wasted work, and
+        # they would sit in the deal's history (2 KB per escalation).
+        if deliver and self.public_url and self.link_secret and recipient and esc.subject == "stage":
             # fired_at, not now: a retried activity answers the same links.
             links = links_for(
                 self.public_url,
@@ -371,7 +374,7 @@ class OpportunityStore:
             webhook_id=webhook_id_for(esc.opportunity_id, esc.subject, esc.stage_entry_seq, esc.level),
             newly_recorded=newly_recorded,
             links=links,
-            deliver=bool(self.webhook_urls or esc.extra_webhooks),
+            deliver=deliver,
         )
 
     async def _recipient(

@@ -313,6 +313,13 @@ async def test_without_an_endpoint_the_escalation_is_recorded_and_nothing_is_sen
         ]
         state = await app.client.state(opp)
         assert state["escalation_level"] == 1
+        # Action links travel only in a webhook: none are signed, none sit in the history.
+        recorded = [
+            e.marker_recorded_event_attributes.details["result"].payloads[0].data
+            for e in history.events
+            if e.HasField("marker_recorded_event_attributes") and b"webhook_id" in e.SerializeToString()
+        ]
+        assert len(recorded) == 1 and json.loads(recorded[0])["links"] == {}
 
 
 def manager_level(
