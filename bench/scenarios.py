@@ -317,12 +317,23 @@ async def _storm_round(stack: Stack, sizes: Sizes, kind: str) -> dict[str, Any]:
             partial(_rows_at_least, stack, ids, n), timeout=max(60.0, stuck - created_s), interval=0.25
         )
     idle_before_due_s = (due - datetime.now(UTC)).total_seconds()
+    settled_query = SETTLED_QUERIES.get(kind)
+    settled_before = await _count_settled(stack, settled_query) if settled_query else 0
     # The CPU of the storm itself: from a second before the deadline until the last row.
     await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds() - 1))
-    async with cpu_split(stack.workdir) as spent:
-        await poll_until(lambda: _count_rows(stack, sql, ids, n), timeout=600, interval=0.25)
+    async with cpu_split(stack.workdir) as until_settled:
+        async with cpu_split(stack.workdir) as spent:
+            await poll_until(lambda: _count_rows(stack, sql, ids, n), timeout=600, interval=0.25)
+        if settled_query:
+            settled = partial(_settled_at_least, stack, settled_query, settled_before + n)
+            await poll_until(settled, timeout=600, interval=0.25)
+            settled_s = (datetime.now(UTC) - due).total_seconds()
     rows = await stack.pool.fetch(sql, ids)
     figures = _storm_figures(rows, due, n, created_s)
+    if settled_query:
+        figures["all_settled_after_due_s"] = round(settled_s, 2)
+        figures["settled_per_s"] = round(n / settled_s, 1) if settled_s > 0 else 0.0
+        figures["cpu_ms_per_escalation_until_settled"] = until_settled.per_call_ms(n)
     workflow_ids = ids if kind != "oppflow" else [workflow_id(i) for i in ids]
     figures["task_timed_out_in_sample"] = await _timed_out_tasks(stack, workflow_ids)
     figures["cpu_ms_per_escalation"] = spent.per_call_ms(n)
@@ -350,6 +361,24 @@ async def _count_rows(stack: Stack, sql: str, ids: list[str], n: int) -> bool:
     return len(await stack.pool.fetch(sql, ids)) >= n
 
 
+# A deal has settled its escalation once the workflow task that follows the row's write has
+# completed: EscalationLevel 1 is indexed. The baseline writes its row in an activity and
+# indexes in the next task, so its rows appear before its storm is handled; oppflow writes
+# and indexes in one task. (Earlier rounds' deals are counted before the storm.)
+SETTLED_QUERIES = {
+    "bare indexed": f"WorkflowType = '{BARE_WORKFLOW}' AND EscalationLevel = 1",
+    "oppflow": "WorkflowType = 'OpportunityWorkflow' AND EscalationLevel = 1",
+}
+
+
+async def _count_settled(stack: Stack, query: str) -> int:
+    return (await stack.client.count_workflows(query)).count
+
+
+async def _settled_at_least(stack: Stack, query: str, n: int) -> bool:
+    return await _count_settled(stack, query) >= n
+
+
 STORM_BASELINES = (
     ("timer + activity", "bare"),  # the target's reference
     # What indexing each escalation (EscalationLevel, as oppflow does) costs the engine.
@@ -366,15 +395,21 @@ async def escalation_storm(stack: Stack, sizes: Sizes) -> dict[str, Any]:
     figures = {name: _best_of(runs) for name, runs in rounds.items()}
     ours = figures["oppflow"]["drain_per_s"]
     drain = _ratio(ours, figures["timer + activity"]["drain_per_s"])
+    indexed = figures[STORM_BASELINES[1][0]]
+    settled = _ratio(figures["oppflow"]["settled_per_s"], indexed["settled_per_s"])
     return {
         "sizes": {"deals": sizes.storm, "rounds": sizes.storm_rounds},
         "figures": figures,
         "rounds": rounds,
         "ratios": {
             "drain_rate_vs_baseline": drain,
-            "drain_rate_vs_indexed_baseline": _ratio(ours, figures[STORM_BASELINES[1][0]]["drain_per_s"]),
+            "drain_rate_vs_indexed_baseline": _ratio(ours, indexed["drain_per_s"]),
+            "settled_rate_vs_indexed_baseline": settled,
         },
-        "targets": {"drain rate >= 0.8x baseline": drain >= 0.8},
+        "targets": {
+            "drain rate >= 0.8x baseline": drain >= 0.8,
+            "the same, until every escalation is settled (indexed baseline)": settled >= 0.8,
+        },
     }
 
 

@@ -89,6 +89,10 @@ def test_every_storm_deal_escalated_once_not_before_it_was_due(run: tuple[str, d
         assert variant["fired_lateness_p50_ms"] >= 0
         assert variant["all_rows_after_due_s"] > 0
         assert variant["cpu_ms_per_escalation"]["temporal server"] > 0
+    for indexed in (figures["timer + activity + SA upsert"], figures["oppflow"]):
+        # Settled: every deal of the round has EscalationLevel 1 indexed (the scenario waits for it).
+        assert indexed["settled_per_s"] > 0
+        assert indexed["cpu_ms_per_escalation_until_settled"]["temporal server"] > 0
 
 
 def test_open_deals_are_served_again_by_a_restarted_worker(run: tuple[str, dict[str, Any]]) -> None:
