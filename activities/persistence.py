@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from contextlib import nullcontext
 from typing import Any
 
 import asyncpg
@@ -127,22 +126,22 @@ SELECT ARRAY(SELECT level FROM fired) AS inserted_levels,
 """
 )
 
-UPDATE_ESCALATIONS = """
-UPDATE escalations SET status = $4, note = COALESCE($5, note), updated_at = $6
-WHERE opportunity_id = $1 AND subject = 'stage' AND stage_entry_seq = $2
-  AND status = ANY($3::text[])
-"""
+
+def _move_escalations(first: int) -> str:
+    """The UPDATE that moves one stage entry's escalations of deal $1 to a new status; its
+    other parameters (entry, statuses replaced, status, note, at) are numbered from ``first``."""
+    entry, replaced, status, note, at = (f"${first + i}" for i in range(5))
+    return f"""UPDATE escalations SET status = {status}, note = COALESCE({note}, note), updated_at = {at}
+WHERE opportunity_id = $1 AND subject = 'stage' AND stage_entry_seq = {entry}
+  AND status = ANY({replaced}::text[])"""
+
+
+UPDATE_ESCALATIONS = _move_escalations(2)
 # A batch that moves one stage entry's escalations (a stage change resolves them) in one
-# statement too: $27-$31 are UPDATE_ESCALATIONS' $2-$6. Two moves of the same rows cannot
-# share a statement, so a batch with more takes a transaction.
+# statement too. Two moves of the same rows cannot share a statement, so a batch with more
+# takes a transaction.
 SAVE_BATCH_AND_STATUS = (
-    _BATCH_CTES
-    + """, escalation_status AS (
-    UPDATE escalations SET status = $29, note = COALESCE($30, note), updated_at = $31
-    WHERE opportunity_id = $1 AND subject = 'stage' AND stage_entry_seq = $27
-      AND status = ANY($28::text[])
-)"""
-    + _SAVE_HANDOFFS
+    _BATCH_CTES + ", escalation_status AS (" + _move_escalations(27) + ")" + _SAVE_HANDOFFS
 )
 
 INSERT_ESCALATION = """
@@ -259,12 +258,8 @@ class OpportunityStore:
 
     @activity.defn(name="persist_opportunity")
     async def persist(self, batch: PersistBatch) -> int:
-        # The batch is one statement, atomic on its own, with at most one move of escalation
-        # statuses (a stage change resolves, a snooze...); more moves take a transaction.
-        moves = sum(c.escalation_status is not None for c in batch.changes)
         async with self.pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
-            async with conn.transaction() if moves > 1 else nullcontext():
-                await self._write_batch(conn, batch)
+            await self._write_batch(conn, batch)
         metrics.observe_batch(batch)
         _maybe_crash_after_commit()
         return len(batch.changes)
@@ -290,19 +285,22 @@ class OpportunityStore:
         return recorded
 
     async def _write_batch(self, conn: asyncpg.Connection, batch: PersistBatch) -> None:
-        """One statement, unless the batch moves escalation statuses more than once (then
-        the caller holds a transaction)."""
+        """The batch in one statement, atomic on its own, when it moves escalation statuses
+        (a stage change resolves, a snooze...) at most once; in a transaction when more."""
         moves = [
             _status_arguments(batch.opportunity.id, c)
             for c in batch.changes
             if c.escalation_status is not None
         ]
-        if len(moves) == 1:
+        if not moves:
+            await conn.execute(SAVE_BATCH, *_batch_arguments(batch))
+        elif len(moves) == 1:
             await conn.execute(SAVE_BATCH_AND_STATUS, *_batch_arguments(batch), *moves[0][1:])
-            return
-        await conn.execute(SAVE_BATCH, *_batch_arguments(batch))
-        for move in moves:
-            await conn.execute(UPDATE_ESCALATIONS, *move)
+        else:
+            async with conn.transaction():  # inside the caller's, a savepoint
+                await conn.execute(SAVE_BATCH, *_batch_arguments(batch))
+                for move in moves:
+                    await conn.execute(UPDATE_ESCALATIONS, *move)
 
     async def _write_batch_and_escalation(
         self, conn: asyncpg.Connection, batch: PersistBatch, esc: RecordEscalation
