@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -27,6 +27,7 @@ from starter.temporal_server import temporal_binary
 from tests.helpers import assert_eq_eventually
 from tests.sales_team import App, running_app
 from worker import SANDBOX, WORKFLOWS, build_worker
+from workflows.revisions import REVISION
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -339,6 +340,41 @@ async def test_state_survives_continue_as_new_with_its_request_ids(app: App) -> 
             "SELECT count(*) FROM field_history WHERE opportunity_id = $1 AND field = 'pain_points'", opp
         ),
     )
+
+
+async def test_a_deal_from_a_newer_revision_waits_for_an_upgraded_worker(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a rolling upgrade an old worker must not run a deal newer code started: it
+    could record what the newer code does not replay."""
+    newer = REVISION + 1
+    monkeypatch.setattr("starter.client.REVISION", newer)  # a client already upgraded
+    # After its first failure a failing task is retried when it times out (30 s in production).
+    monkeypatch.setattr("starter.client.WORKFLOW_TASK_TIMEOUT", timedelta(seconds=2))
+    opp = await new_deal(app)
+    handle = app.temporal.get_workflow_handle(workflow_id(opp))
+
+    async def task_failures() -> list[str]:
+        history = await handle.fetch_history()
+        return [
+            e.workflow_task_failed_event_attributes.failure.message
+            for e in history.events
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+        ]
+
+    refused = f"deal at workflow revision {newer}, this worker knows up to {REVISION}"
+    await assert_eq_eventually(True, lambda: _first_contains(task_failures(), refused))
+    assert await app.pool.fetchval("SELECT count(*) FROM opportunities WHERE id = $1", opp) == 0
+
+    monkeypatch.setattr("workflows.opportunity.REVISION", newer)  # the worker upgraded
+    await assert_eq_eventually(
+        1, lambda: app.pool.fetchval("SELECT count(*) FROM opportunities WHERE id = $1", opp), timeout=20
+    )
+
+
+async def _first_contains(messages: Awaitable[list[str]], text: str) -> bool:
+    found = await messages
+    return bool(found) and text in found[0]
 
 
 async def replay_failure(app: App, opp: str) -> str | None:

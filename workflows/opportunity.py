@@ -106,10 +106,21 @@ def refusal_error(refusal: CommandRefused) -> ApplicationError:
     )
 
 
+class NewerRevisionError(RuntimeError):
+    """Not a workflow failure: it fails the workflow task, which Temporal retries."""
+
+
 @workflow.defn(name="OpportunityWorkflow")
 class OpportunityWorkflow:
     @workflow.init
     def __init__(self, input: OpportunityInput) -> None:
+        if input.revision > REVISION:
+            # Started or continued by newer code: what this code would record, the newer code
+            # might not replay. The task fails and is retried until an upgraded worker takes it.
+            raise NewerRevisionError(
+                f"deal at workflow revision {input.revision}, this worker knows up to {REVISION}: "
+                "upgrade the worker"
+            )
         self._is_new = input.state is None
         self.state = input.state or self._new_state(input)
         if input.state is not None:  # carried by continue-as-new: its own parsed copy
