@@ -69,7 +69,7 @@ def test_every_stage_change_was_answered_and_its_rows_are_in_postgres(
 
 def test_creation_measures_each_step_and_saves_every_deal(run: tuple[str, dict[str, Any]]) -> None:
     figures = run[1]["scenarios"]["creation"]
-    for variant in ("bare start", "oppflow"):
+    for variant in ("bare start", "bare start + search attributes", "oppflow"):
         assert figures["figures"][variant]["count"] == CREATIONS
         assert figures["figures"][variant]["errors"] == 0
     assert set(figures["oppflow_step_mean_ms"]) == {
